@@ -1,0 +1,93 @@
+"""From a record to beats: filter, resample, AAMI labels, centred windows, RR features."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal as sps
+
+from ecg.reader import Record, RecordError
+
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+# AAMI EC57 grouping of MIT-BIH beat symbols.
+AAMI_MAP = {
+    "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",
+    "A": "S", "a": "S", "J": "S", "S": "S",
+    "V": "V", "E": "V",
+    "F": "F",
+    "/": "Q", "f": "Q", "Q": "Q",
+}
+# WFDB annotation codes that mark no beat (rhythm, noise, signal quality, comments, waves).
+NON_BEAT_SYMBOLS = set('[]!x()ptu`\'^|~+sT*D="@')
+RR_FEATURES = ("pre_rr_local", "post_rr_local", "pre_rr_record", "post_rr_record", "local_rr_record")
+
+
+def class_index(symbols: np.ndarray, source: str) -> np.ndarray:
+    """AAMI class index per symbol, -1 for non-beat annotations; unknown symbols are an error."""
+    unknown = sorted({s for s in symbols if s not in AAMI_MAP and s not in NON_BEAT_SYMBOLS})
+    if unknown:
+        raise RecordError(f"{source}: unknown annotation symbol(s) {unknown}")
+    lookup = {s: AAMI_CLASSES.index(c) for s, c in AAMI_MAP.items()}
+    return np.array([lookup.get(s, -1) for s in symbols], dtype=np.int64)
+
+
+def check_finite(sig: np.ndarray, source: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(sig))
+    if bad.size:
+        raise RecordError(f"{source}: {bad.size} NaN/invalid samples, first at sample {bad[0]} "
+                          f"(signal gap or invalid-sample marker); clean or exclude this record")
+
+
+def resample(sig: np.ndarray, samples: np.ndarray, fs_in: float, fs_out: int):
+    """Polyphase resampling of the signal and rescaling of annotation positions."""
+    if fs_in == fs_out:
+        return sig, samples
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    out = sps.resample_poly(sig, ratio.numerator, ratio.denominator)
+    pos = np.round(samples * (fs_out / fs_in)).astype(np.int64)
+    return out, np.clip(pos, 0, len(out) - 1)
+
+
+def bandpass(sig: np.ndarray, fs: int, band, order: int) -> np.ndarray:
+    """Zero-phase Butterworth band-pass: removes baseline wander (low) and muscle/mains noise (high)."""
+    sos = sps.butter(order, band, btype="bandpass", fs=fs, output="sos")
+    return sps.sosfiltfilt(sos, sig)
+
+
+def rr_features(beat_samples: np.ndarray, fs: int, local_beats: int) -> np.ndarray:
+    """RR features for beats 1..n-2 (the first and last have no previous/next RR).
+
+    pre/post RR normalised by the local mean (mean of the last `local_beats` RR intervals
+    up to this beat) and by the record mean; plus local mean / record mean.
+    """
+    rr = np.diff(beat_samples) / fs  # rr[i] = interval between beat i and i+1
+    pre, post = rr[:-1], rr[1:]
+    csum = np.concatenate([[0.0], np.cumsum(rr)])
+    idx = np.arange(len(pre))  # pre[i] is rr[i]; local mean over rr[max(0,i-k+1)..i]
+    lo = np.maximum(0, idx - local_beats + 1)
+    local = (csum[idx + 1] - csum[lo]) / (idx + 1 - lo)
+    record = rr.mean()
+    return np.stack([pre / local, post / local, pre / record, post / record, local / record], axis=1)
+
+
+def extract_beats(rec: Record, fs: int, band, order: int, half: int, local_beats: int) -> dict:
+    """All AAMI-labelled beats of a record with a full window and both neighbouring RRs."""
+    source = f"record {rec.name}"
+    check_finite(rec.signal, source)
+    labels = class_index(rec.ann_symbols, f"{rec.name}.atr")
+    if rec.fs < 50:
+        raise RecordError(f"{rec.name}.hea: unexpected sampling rate {rec.fs} Hz (below 50 Hz)")
+    sig, samples = resample(rec.signal, rec.ann_samples, rec.fs, fs)
+    sig = bandpass(sig, fs, band, order)
+    is_beat = labels >= 0
+    beat_samples, beat_labels = samples[is_beat], labels[is_beat]
+    if len(beat_samples) < 3:
+        raise RecordError(f"{rec.name}.atr: fewer than 3 beat annotations")
+    rr = rr_features(beat_samples, fs, local_beats)
+    centre, lab = beat_samples[1:-1], beat_labels[1:-1]
+    keep = (centre - half >= 0) & (centre + half < len(sig))
+    centre, lab, rr = centre[keep], lab[keep], rr[keep]
+    offsets = np.arange(-half, half + 1)
+    windows = sig[centre[:, None] + offsets[None, :]].astype(np.float32)
+    return {"x": windows, "rr": rr.astype(np.float32), "y": lab.astype(np.int8),
+            "sample": centre.astype(np.int64), "dropped_edge": int((~keep).sum()) + 2}

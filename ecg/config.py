@@ -1,0 +1,65 @@
+"""Typed params for the ECG data stages (params.yaml section `ecg_data`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipeline.params import ParamsError, load_section
+
+# Databases whose layout (one .hea/.dat/.atr per record) the ingest stage knows.
+KNOWN_DATABASES = {"mitdb", "svdb", "incartdb", "nstdb", "ltafdb", "edb", "mitdb-like"}
+CLASS_MAPS = ("aami",)
+SPLITS = ("dechazal2004",)
+
+
+@dataclass(frozen=True)
+class EcgData:
+    database: str = "mitdb"
+    records: str | tuple[int, ...] = "all"
+    mirror: str | None = None
+    lead: str = "MLII"
+    fallback_leads: tuple[str, ...] = ("V5", "V1", "V2", "V4")
+    fs: int = 360
+    bandpass_hz: tuple[float, ...] = (0.5, 40.0)
+    filter_order: int = 2
+    window_ms: float = 700.0
+    local_rr_beats: int = 10
+    class_map: str = "aami"
+    split: str = "dechazal2004"
+    n_folds: int = 4
+
+    def validate(self) -> None:
+        if self.database not in KNOWN_DATABASES:
+            raise ParamsError(f"database: unknown database '{self.database}'; known: {sorted(KNOWN_DATABASES)}")
+        if isinstance(self.records, str) and self.records != "all":
+            raise ParamsError(f"records: must be 'all' or a list of record numbers, got {self.records!r}")
+        if not isinstance(self.records, str) and len(self.records) == 0:
+            raise ParamsError("records: the record list is empty")
+        if self.fs <= 0:
+            raise ParamsError(f"fs: must be positive, got {self.fs}")
+        lo, hi = (self.bandpass_hz + (None, None))[:2]
+        if len(self.bandpass_hz) != 2 or not 0 < lo < hi < self.fs / 2:
+            raise ParamsError(f"bandpass_hz: need [low, high] with 0 < low < high < fs/2, got {list(self.bandpass_hz)}")
+        if self.window_ms <= 0:
+            raise ParamsError(f"window_ms: must be positive, got {self.window_ms}")
+        if self.class_map not in CLASS_MAPS:
+            raise ParamsError(f"class_map: unknown class map '{self.class_map}'; known: {list(CLASS_MAPS)}")
+        if self.split not in SPLITS:
+            raise ParamsError(f"split: unknown split '{self.split}'; known: {list(SPLITS)}")
+        if self.n_folds < 2:
+            raise ParamsError(f"n_folds: need at least 2, got {self.n_folds}")
+        if self.local_rr_beats < 1 or self.filter_order < 1:
+            raise ParamsError("local_rr_beats and filter_order must be >= 1")
+
+    @property
+    def half_window(self) -> int:
+        """Samples on each side of the R peak: the window is 2 * half + 1 samples, centred."""
+        return int(round(self.window_ms / 2000.0 * self.fs))
+
+    def mirror_dir(self) -> str | None:
+        """Local mirror: env ECG_MIRROR wins over the `mirror` param; None means download."""
+        return os.environ.get("ECG_MIRROR") or self.mirror
+
+
+def load(path="params.yaml") -> EcgData:
+    return load_section("ecg_data", EcgData, path)

@@ -1,0 +1,114 @@
+"""Stage prepare_ecg: records -> beat windows, RR features, AAMI labels, DS1/DS2 and folds.
+
+Writes data/ecg/beats.npz (arrays), data/ecg/meta.json (what later stages need to know)
+and the DVC metric reports/ecg/dataset.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ecg import config
+from ecg.beats import AAMI_CLASSES, RR_FEATURES, extract_beats
+from ecg.reader import RecordError, read_record
+from ecg.splits import PACED, balanced_folds, dechazal_split
+from pipeline.io import ensure_dir, save_npz, write_json
+
+
+def _one_record(rec: int, raw: Path, cfg: config.EcgData) -> dict:
+    record = read_record(raw / str(rec), cfg.lead, cfg.fallback_leads)
+    beats = extract_beats(record, cfg.fs, cfg.bandpass_hz, cfg.filter_order, cfg.half_window, cfg.local_rr_beats)
+    beats["record"] = rec
+    beats["lead"] = record.lead
+    return beats
+
+
+def available_records(raw: Path, cfg: config.EcgData) -> list[int]:
+    listing = raw / "RECORDS"
+    if not listing.exists():
+        raise RecordError(f"{listing}: missing; run the ingest_ecg stage first")
+    present = [int(r) for r in listing.read_text().split()]
+    if cfg.records != "all":
+        missing = sorted(set(cfg.records) - set(present))
+        if missing:
+            raise RecordError(f"{listing}: records {missing} requested in params but not ingested")
+        present = [r for r in present if r in set(cfg.records)]
+    if not present:
+        raise RecordError(f"{listing}: empty record list")
+    return present
+
+
+def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
+    split = dechazal_split(available_records(raw, cfg))
+    records = split["DS1"] + split["DS2"]
+    if not split["DS1"] or not split["DS2"]:
+        raise RecordError(f"{raw}: need records in both DS1 and DS2, have DS1={split['DS1']} DS2={split['DS2']}")
+    work = partial(_one_record, raw=raw, cfg=cfg)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            per_record = list(pool.map(work, records))
+    else:
+        per_record = [work(r) for r in records]
+    k = len(AAMI_CLASSES)
+    counts = {b["record"]: np.bincount(b["y"], minlength=k) for b in per_record}
+    ds1_counts = {r: counts[r] for r in split["DS1"]}
+    n_folds = min(cfg.n_folds, len(ds1_counts))
+    folds = balanced_folds({r: c[:4] for r, c in ds1_counts.items()}, n_folds)
+    fold_of = {r: f for f, recs in folds.items() for r in recs}
+    arrays = {
+        "x": np.concatenate([b["x"] for b in per_record]),
+        "rr": np.concatenate([b["rr"] for b in per_record]),
+        "y": np.concatenate([b["y"] for b in per_record]),
+        "sample": np.concatenate([b["sample"] for b in per_record]),
+        "record": np.concatenate([np.full(len(b["y"]), b["record"], np.int16) for b in per_record]),
+    }
+    in_ds2 = np.isin(arrays["record"], split["DS2"])
+    arrays["split"] = in_ds2.astype(np.int8)  # 0 = DS1, 1 = DS2
+    arrays["fold"] = np.array([fold_of.get(int(r), -1) for r in arrays["record"]], np.int8)
+    summary = {
+        name: {c: int(sum(counts[r][i] for r in split[name])) for i, c in enumerate(AAMI_CLASSES)}
+        for name in ("DS1", "DS2")
+    }
+    summary["records"] = split
+    summary["folds"] = {str(f): recs for f, recs in folds.items()}
+    meta = {
+        "database": cfg.database, "fs": cfg.fs, "window_samples": 2 * cfg.half_window + 1,
+        "r_peak_index": cfg.half_window, "window_ms": cfg.window_ms, "classes": list(AAMI_CLASSES),
+        "rr_features": list(RR_FEATURES), "bandpass_hz": list(cfg.bandpass_hz),
+        "leads": {str(b["record"]): b["lead"] for b in per_record},
+        "excluded_paced": list(PACED), "dropped_at_edges": {str(b["record"]): b["dropped_edge"] for b in per_record},
+        "per_record_counts": {str(r): c.tolist() for r, c in counts.items()},
+    }
+    return arrays, meta, summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--raw", default=None, help="default: data/raw/<database>")
+    ap.add_argument("--out", default="data/ecg")
+    ap.add_argument("--metrics", default="reports/ecg/dataset.json")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args(argv)
+    cfg = config.load(args.params)
+    out = ensure_dir(args.out)
+    ensure_dir(Path(args.metrics).parent)
+    t0 = time.perf_counter()
+    arrays, meta, summary = prepare(cfg, Path(args.raw or f"data/raw/{cfg.database}"), args.workers)
+    save_npz(out / "beats.npz", **arrays)
+    write_json(out / "meta.json", meta)
+    write_json(args.metrics, summary)
+    print(f"prepare_ecg: {len(arrays['y'])} beats from {len(meta['leads'])} records in "
+          f"{time.perf_counter() - t0:.1f} s; DS1 {summary['DS1']} DS2 {summary['DS2']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
