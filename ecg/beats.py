@@ -72,7 +72,7 @@ def rr_features(beat_samples: np.ndarray, fs: int, local_beats: int) -> np.ndarr
 
 def extract_beats(rec: Record, fs: int, band, order: int, half: int, local_beats: int) -> dict:
     """All AAMI-labelled beats of a record with a full window and both neighbouring RRs."""
-    source = f"record {rec.name}"
+    source = f"{rec.name}.dat"
     check_finite(rec.signal, source)
     labels = class_index(rec.ann_symbols, f"{rec.name}.atr")
     if rec.fs < 50:
