@@ -1,0 +1,130 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.params import ParamsError, from_dict
+from vision import ingest, medmnist
+from vision.splits import finish_splits
+
+
+def fake_medmnist(path, n=(40, 10, 12), n_classes=2, channels=None):
+    arrays = {}
+    for split, k in zip(("train", "val", "test"), n):
+        shape = (k, 4, 4) + ((channels,) if channels else ())
+        # pixel value = row index, so order and pairing can be checked
+        arrays[f"{split}_images"] = np.broadcast_to(
+            np.arange(k, dtype=np.uint8).reshape((k,) + (1,) * (len(shape) - 1)), shape).copy()
+        arrays[f"{split}_labels"] = (np.arange(k) % n_classes).reshape(k, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def write_params(tmp_path, **section):
+    import yaml
+    body = {"vision_data": {"datasets": ["breastmnist"], "seed": 7, **section}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(body))
+    return tmp_path / "params.yaml"
+
+
+def test_ingest_from_mirror_writes_npz_and_json(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDMNIST_MIRROR", raising=False)
+    src = fake_medmnist(tmp_path / "breastmnist.npz")
+    params = write_params(tmp_path, mirror=str(tmp_path))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="breastmnist.npz"):
+        assert ingest.main(["--params", str(params), "--out-dir", str(out)]) == 0
+    data = np.load(out / "breastmnist.npz")
+    assert sorted(data.files) == sorted(f"{a}_{s}" for a in "xy" for s in ("train", "val", "test"))
+    assert data["x_train"].shape == (40, 4, 4, 1) and data["x_train"].dtype == np.uint8
+    assert data["y_train"].dtype == np.int64
+    x, y = data["x_train"][:, 0, 0, 0], data["y_train"]
+    assert not np.array_equal(x, np.arange(40))  # shuffled
+    assert sorted(x.tolist()) == list(range(40)) and (y == x % 2).all()  # permutation, pairs kept
+    meta = json.loads((out / "breastmnist.json").read_text())
+    assert meta["class_names"] == ["malignant", "normal, benign"]
+    assert meta["n"] == {"train": 40, "val": 10, "test": 12}
+    assert meta["n_per_class"]["test"] == {"malignant": 6, "normal, benign": 6}
+    assert meta["channels"] == 1 and meta["image_size"] == [4, 4]
+    assert meta["source"] == str(src) and meta["md5_matches_official"] is False
+    assert len(meta["source_sha256"]) == 64
+
+
+def test_env_mirror_overrides_params_and_limit(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    fake_medmnist(mirror / "breastmnist.npz")
+    monkeypatch.setenv("MEDMNIST_MIRROR", str(mirror))
+    params = write_params(tmp_path, mirror=str(tmp_path / "does-not-exist"), limit=5)
+    with pytest.warns(UserWarning):
+        ingest.main(["--params", str(params), "--out-dir", str(tmp_path / "out")])
+    meta = json.loads((tmp_path / "out" / "breastmnist.json").read_text())
+    assert meta["n"] == {"train": 5, "val": 5, "test": 5} and meta["limit"] == 5
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"datasets": ["breastmnist"], "seed": 1, "mirorr": None}, "mirorr"),
+    ({"datasets": ["breastmnist"]}, "vision_data.seed"),
+    ({"datasets": ["chestmnist"], "seed": 1}, "chestmnist"),
+    ({"datasets": ["x"], "seed": 1, "source": "kaggle"}, "source"),
+    ({"datasets": ["breastmnist"], "seed": 1, "limit": 0}, "limit"),
+])
+def test_params_validation(raw, fragment):
+    with pytest.raises(ParamsError, match=fragment):
+        from_dict(ingest.VisionDataParams, raw, "vision_data")
+
+
+def test_download_checks_md5_and_cleans_part(tmp_path, monkeypatch):
+    served = fake_medmnist(tmp_path / "retinamnist.npz", n_classes=5)
+    url = served.parent.as_uri() + "/{name}.npz"  # file:// - no network involved
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="md5"):
+        medmnist.download("retinamnist", cache, url=url)
+    assert list(cache.iterdir()) == []
+    info = medmnist.Info(medmnist.md5_file(served), medmnist.info("retinamnist").class_names)
+    monkeypatch.setitem(medmnist.CATALOG, "retinamnist", info)
+    path = medmnist.download("retinamnist", cache, url=url)
+    assert path.read_bytes() == served.read_bytes() and [p.name for p in cache.iterdir()] == [path.name]
+
+
+def test_folder_source_carves_missing_splits(tmp_path):
+    for cls, n in (("a", 6), ("b", 4)):
+        (tmp_path / "src" / "tiny" / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (5, 5), (i, 0, 0)).save(tmp_path / "src" / "tiny" / "train" / cls / f"{i}.png")
+    p = from_dict(ingest.VisionDataParams, {"datasets": ["tiny"], "seed": 0,
+                  "source": f"folder:{tmp_path / 'src'}", "val_fraction": 0.2,
+                  "test_fraction": 0.3}, "vision_data")
+    meta = ingest.ingest_dataset("tiny", p, tmp_path / "out")
+    assert meta["n"] == {"train": 5, "val": 2, "test": 3} and meta["class_names"] == ["a", "b"]
+    assert meta["channels"] == 3
+
+
+def test_finish_splits_aliases_and_errors():
+    x, y = np.zeros((10, 2, 2, 1), np.uint8), np.arange(10)
+    out = finish_splits({"train": (x, y), "valid": (x[:2], y[:2]), "test": (x[:3], y[:3])}, seed=0)
+    assert [len(out[s][1]) for s in ("train", "val", "test")] == [10, 2, 3]
+    with pytest.raises(ValueError, match="holdout"):
+        finish_splits({"train": (x, y), "holdout": (x, y)}, seed=0)
+
+
+def test_source_set_cli_reads_zip(tmp_path, monkeypatch):
+    zpath = tmp_path / "mini.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for split, n in (("train", 10), ("test", 2)):
+            for cls in ("cat", "dog"):
+                for i in range(n):
+                    buf = tmp_path / "img.jpg"
+                    Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(buf)
+                    zf.write(buf, f"{split}/{cls}/{i:04d}.jpg")
+    monkeypatch.setenv("CIFAR10_ZIP", str(zpath))
+    import yaml
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"vision_pretrain": {"limit_per_class": 5, "epochs": 3, "seed": 2}}))
+    ingest.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "out"),
+                 "--source-set", "cifar10"])
+    meta = json.loads((tmp_path / "out" / "source_cifar10.json").read_text())
+    assert meta["n"] == {"train": 9, "val": 1, "test": 4} and meta["class_names"] == ["cat", "dog"]
+    assert np.load(tmp_path / "out" / "source_cifar10.npz")["x_train"].shape == (9, 8, 8, 3)

@@ -1,0 +1,156 @@
+"""Stage `vision_ingest`: source images -> data/vision/<dataset>.npz + .json.
+
+    python -m vision.ingest                      # params.yaml: vision_data
+    python -m vision.ingest --source-set cifar10 # params.yaml: vision_pretrain
+
+Outputs hold keys x_train,y_train,x_val,y_val,x_test,y_test (uint8 NHWC,
+int64 labels), every split shuffled with the seed (see vision.splits).
+Env MEDMNIST_MIRROR overrides vision_data.mirror; env CIFAR10_ZIP overrides
+vision_pretrain.source_path.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import io, params
+from vision import medmnist
+from vision.readers import load_image_tree, load_npz
+from vision.splits import finish_splits
+
+OUT_DIR = Path("data/vision")
+CIFAR10_ZIP = "../shared/data/cifar10/cifar10_jpg.zip"
+
+
+@dataclass(frozen=True)
+class VisionDataParams:
+    datasets: tuple[str, ...]
+    seed: int
+    source: str = "medmnist"  # or "folder:<path>": reads <path>/<dataset> (folder or .zip)
+    mirror: str | None = None
+    limit: int | None = None
+    val_fraction: float = 0.1  # used only where the source has no val split
+    test_fraction: float = 0.2  # used only where the source has no test split
+
+    def validate(self) -> None:
+        if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+            raise params.ParamsError(f"'datasets' must be non-empty and unique: {self.datasets}")
+        if self.source == "medmnist":
+            unknown = sorted(set(self.datasets) - set(medmnist.CATALOG))
+            if unknown:
+                raise params.ParamsError(f"'datasets' {unknown} not in {sorted(medmnist.CATALOG)}")
+        elif not self.source.startswith("folder:") or not self.source[7:]:
+            raise params.ParamsError(f"'source' must be 'medmnist' or 'folder:<path>', got {self.source!r}")
+        if self.limit is not None and self.limit < 1:
+            raise params.ParamsError(f"'limit' must be null or >= 1, got {self.limit}")
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction
+                and self.val_fraction + self.test_fraction < 1):
+            raise params.ParamsError("'val_fraction'/'test_fraction' must be >= 0 and sum < 1")
+
+
+@dataclass(frozen=True)
+class SourceSetParams:
+    """The keys of `vision_pretrain` this module reads (others there are ignored)."""
+    source_path: str = CIFAR10_ZIP
+    limit_per_class: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+
+    def validate(self) -> None:
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            raise params.ParamsError(f"'limit_per_class' must be null or >= 1, got {self.limit_per_class}")
+        if not 0 <= self.val_fraction < 1:
+            raise params.ParamsError(f"'val_fraction' must be in [0, 1), got {self.val_fraction}")
+
+
+def source_set_params(all_params: dict) -> SourceSetParams:
+    section = all_params.get("vision_pretrain") or {}
+    names = SourceSetParams.__dataclass_fields__
+    return params.from_dict(SourceSetParams, {k: v for k, v in section.items() if k in names},
+                            "vision_pretrain")
+
+
+def _env_or(name: str, value):
+    return os.environ.get(name) or value
+
+
+def ingest_dataset(name: str, p: VisionDataParams, out_dir: Path | str = OUT_DIR) -> dict:
+    """Read one dataset per ``p``, write ``<out_dir>/<name>.npz`` and ``.json``; return the json."""
+    if p.source == "medmnist":
+        mirror = _env_or("MEDMNIST_MIRROR", p.mirror)
+        path = medmnist.locate(name, mirror)
+        classes = list(medmnist.info(name).class_names)
+        raw = load_npz(path, name, n_classes=len(classes))
+        extra = {"md5_matches_official": medmnist.md5_file(path) == medmnist.info(name).md5}
+    else:
+        base = Path(p.source[len("folder:"):])
+        path = base / f"{name}.zip" if (base / f"{name}.zip").is_file() else base / name
+        raw, classes = load_image_tree(path)
+        extra = {}
+    splits = finish_splits(raw, seed=p.seed, limit=p.limit, val_fraction=p.val_fraction,
+                           test_fraction=p.test_fraction, where=str(path))
+    meta = write_split_set(Path(out_dir) / name, splits, classes, source=path, seed=p.seed,
+                           limit=p.limit, **extra)
+    return meta
+
+
+def write_split_set(stem: Path, splits: dict, classes: list[str], *, source: Path, **extra) -> dict:
+    """Write ``stem.npz`` (x_/y_ per split) and ``stem.json`` (counts, shape, provenance)."""
+    x0 = splits["train"][0]
+    meta = {
+        "dataset": stem.name,
+        "class_names": list(classes),
+        "n_classes": len(classes),
+        "channels": int(x0.shape[-1]),
+        "image_size": [int(x0.shape[1]), int(x0.shape[2])],
+        "n": {s: int(len(y)) for s, (_, y) in splits.items()},
+        "n_per_class": {s: {c: int(k) for c, k in zip(classes, np.bincount(y, minlength=len(classes)))}
+                        for s, (_, y) in splits.items()},
+        "source": str(source),
+        "source_sha256": io.sha256_file(source) if Path(source).is_file() else None,
+        **extra,
+    }
+    arrays = {}
+    for s, (x, y) in splits.items():
+        arrays[f"x_{s}"], arrays[f"y_{s}"] = x.astype(np.uint8), y.astype(np.int64)
+    io.save_npz(stem.with_suffix(".npz"), **arrays)
+    io.write_json(stem.with_suffix(".json"), meta)
+    return meta
+
+
+def prepare_source_set(source_path: Path | str, out_dir: Path | str = OUT_DIR, *,
+                       name: str = "cifar10", limit_per_class: int | None = None,
+                       seed: int = 0, val_fraction: float = 0.1) -> dict:
+    """Image tree/zip (e.g. the CIFAR-10 zip) -> ``<out_dir>/source_<name>.npz`` + ``.json``."""
+    raw, classes = load_image_tree(source_path, limit_per_class=limit_per_class, seed=seed)
+    splits = finish_splits(raw, seed=seed, val_fraction=val_fraction, where=str(source_path))
+    return write_split_set(Path(out_dir) / f"source_{name}", splits, classes, source=Path(source_path),
+                           seed=seed, limit_per_class=limit_per_class)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(params.PARAMS_FILE))
+    ap.add_argument("--out-dir", default=str(OUT_DIR))
+    ap.add_argument("--source-set", choices=["cifar10"], help="prepare a pretraining source set")
+    args = ap.parse_args(argv)
+    if args.source_set:
+        sp = source_set_params(params.read_params(args.params))
+        meta = prepare_source_set(_env_or("CIFAR10_ZIP", sp.source_path), args.out_dir,
+                                  name=args.source_set, limit_per_class=sp.limit_per_class,
+                                  seed=sp.seed, val_fraction=sp.val_fraction)
+        print(f"source_{args.source_set}: {meta['n']} from {meta['source']}")
+        return 0
+    p = params.load_section("vision_data", VisionDataParams, args.params)
+    for name in p.datasets:
+        meta = ingest_dataset(name, p, args.out_dir)
+        print(f"{name}: {meta['n']} {meta['image_size']}x{meta['channels']} from {meta['source']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

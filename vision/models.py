@@ -1,0 +1,143 @@
+"""Backbone registry, classifier head and trainability regimes (keras + keras.ops only).
+
+A classifier takes raw images (pixel values 0..255, any numeric dtype) of the
+data's shape and does all preprocessing inside the model (vision.preprocess:
+resize, channels "repeat"/"native", per-model normalisation), so the pretrain,
+train and evaluate stages cannot disagree about it; then backbone -> global
+average pooling -> [Dense(relu) -> Dropout] per head_units -> Dense softmax
+in float32 (safe under mixed precision).
+
+After set_trainable, compile the model (again) for the change to take effect.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from vision.alexnet import build_alexnet
+from vision.preprocess import PREPROCESS, match_channels, normalise
+
+BACKBONES = ("alexnet", "vgg16")
+REGIMES = ("frozen", "finetune", "full")
+
+
+def build_backbone(name: str, input_shape, *, stem: str = "auto", norm: str = "batchnorm",
+                   weights: str | Path | None = None) -> keras.Model:
+    """Return the convolutional backbone ``name`` (features, no head).
+
+    ``stem``/``norm`` configure AlexNet (see vision.alexnet); VGG16 is Keras's
+    unmodified architecture (no normalisation layers, so ``norm`` is unused)
+    and accepts only stem "auto"/"imagenet".  ``weights``: None (random init)
+    or the path of a weights file; nothing is ever downloaded.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; valid names: {list(BACKBONES)}")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: backbone weights file not found "
+                                f"(only local files are accepted, nothing is downloaded)")
+    input_shape = tuple(int(d) for d in input_shape)
+    if name == "alexnet":
+        model = build_alexnet(input_shape, stem=stem, norm=norm)
+        if weights is not None:
+            model.load_weights(str(weights))
+        return model
+    if stem not in ("auto", "imagenet"):
+        raise ValueError(f"vgg16 has a fixed stem; stem must be 'auto' or 'imagenet', got '{stem}'")
+    return keras.applications.VGG16(include_top=False, input_shape=input_shape,
+                                    weights=None if weights is None else str(weights))
+
+
+def build_classifier(backbone: keras.Model, n_classes: int, *, input_shape=None,
+                     dropout: float = 0.5, head_units: int | Sequence[int] = (256,),
+                     channels: str = "repeat", preprocess: str | None = None,
+                     name: str | None = None) -> keras.Model:
+    """Wrap ``backbone`` into a classifier for raw 0..255 images of ``input_shape``."""
+    target = tuple(backbone.input_shape[1:])
+    input_shape = tuple(int(d) for d in (input_shape or target))
+    preprocess = preprocess or PREPROCESS.get(backbone.name, "unit")
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if input_shape[:2] != target[:2]:
+        x = keras.layers.Resizing(target[0], target[1], name="resize")(x)
+    x = match_channels(x, input_shape[-1], target[-1], channels)
+    x = normalise(x, preprocess, target[-1])
+    x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    units = (head_units,) if isinstance(head_units, int) else tuple(head_units)
+    for i, u in enumerate(units, start=1):
+        x = keras.layers.Dense(u, activation="relu", name=f"head_dense{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"head_dropout{i}")(x)
+    if not units:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
+                                 name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
+
+
+def _block_index(layer_name: str) -> int | None:
+    m = re.match(r"block(\d+)_", layer_name)
+    return int(m.group(1)) if m else None
+
+
+def _parse_block(value) -> int | None:
+    m = re.fullmatch(r"(?:block)?(\d+)", str(value))
+    return int(m.group(1)) if m else None
+
+
+def find_backbone(model: keras.Model) -> keras.Model:
+    """The nested backbone model of a classifier (or ``model`` itself if it is one)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) == 1:
+        return nested[0]
+    if not nested and any(_block_index(layer.name) for layer in model.layers):
+        return model
+    raise ValueError(f"model '{model.name}' has {len(nested)} nested models; expected one backbone")
+
+
+def set_trainable(model: keras.Model, regime: str, unfreeze_from: str | int | None = None) -> dict:
+    """Set trainability and return weight/parameter counts.
+
+    "frozen": backbone not trainable, head trainable.  "finetune": backbone
+    layers of block ``unfreeze_from`` (e.g. "block4") and later trainable,
+    earlier ones frozen (None = all blocks); BatchNormalization layers stay
+    frozen (inference mode).  "full": everything trainable, BN included.
+    """
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime '{regime}'; valid: {list(REGIMES)}")
+    backbone = find_backbone(model)
+    _set(model, True)
+    if regime == "frozen":
+        _set(backbone, False)
+    elif regime == "finetune":
+        blocks = sorted({b for layer in backbone.layers if (b := _block_index(layer.name))})
+        start = blocks[0] if unfreeze_from is None else _parse_block(unfreeze_from)
+        if start not in blocks:
+            raise ValueError(f"unfreeze_from={unfreeze_from!r} is not a block of "
+                             f"'{backbone.name}'; valid: {[f'block{b}' for b in blocks]}")
+        for layer in backbone.layers:
+            b = _block_index(layer.name)
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            _set(layer, b is not None and b >= start and not is_bn)
+    return weight_counts(model)
+
+
+def _set(layer, value: bool) -> None:
+    # Call the property setter directly, on every nested layer: on the
+    # TensorFlow backend `layer.trainable = True` is skipped when the layer is
+    # already True (KerasAutoTrackable.__setattr__ short-circuits `x.a = x.a`),
+    # so it would not reach sublayers that were frozen individually before.
+    type(layer).trainable.fset(layer, bool(value))
+    for sub in getattr(layer, "layers", ()):
+        _set(sub, value)
+
+
+def weight_counts(model: keras.Model) -> dict:
+    count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
+    return {"trainable_weights": len(model.trainable_weights),
+            "non_trainable_weights": len(model.non_trainable_weights),
+            "trainable_params": count(model.trainable_weights),
+            "non_trainable_params": count(model.non_trainable_weights)}
