@@ -38,6 +38,17 @@ def select(arrays: dict, mask: np.ndarray, limit: int | None = None, seed: int =
                  arrays["y"][idx].astype(np.int64), arrays["record"][idx], arrays["sample"][idx])
 
 
+def cv_folds(arrays: dict, val_folds) -> list[int]:
+    """The DS1 folds to hold out in turn: 'all' or an explicit list."""
+    present = sorted(int(f) for f in np.unique(arrays["fold"][arrays["split"] == 0]))
+    if val_folds == "all":
+        return present
+    missing = sorted(set(val_folds) - set(present))
+    if missing:
+        raise ValueError(f"val_folds {missing} not among the prepared DS1 folds {present}")
+    return list(val_folds)
+
+
 def splits(arrays: dict, val_folds, limit: int | None = None, seed: int = 0):
     """train = DS1 outside the validation folds, val = DS1 validation folds, test = DS2."""
     is_val = np.isin(arrays["fold"], list(val_folds)) & (arrays["split"] == 0)

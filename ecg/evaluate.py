@@ -1,6 +1,7 @@
 """Stage evaluate_ecg: score one trained (model, loss) on DS2.
 
-Temperature is fitted on the DS1 validation folds; DS2 is used for nothing but scoring.
+Temperature is fitted on the out-of-fold DS1 predictions saved by train_ecg; DS2 is used for
+nothing but scoring.
 Writes metrics/ecg/<model>-<loss>.json, DVC plots, figures, and logs to the run's MLflow entry.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 
 from ecg import dataset, models, train_config  # noqa: F401  (models registers custom layers)
 from pipeline import assess, plots, tracking
-from pipeline.evaluation import macro_f1
 from pipeline.io import read_json, save_npz, write_json
 from pipeline.training import predict_probs
 
@@ -26,14 +26,14 @@ def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, 
     trained = read_json(art_dir / "train.json")
     if trained["data_sha256"] != meta["beats_sha256"]:
         raise ValueError(f"{art_dir / 'train.json'}: model was trained on other data; rerun train_ecg")
-    _, val, test = dataset.splits(arrays, cfg.val_folds, cfg.limit_beats, cfg.seed)
+    test = dataset.select(arrays, arrays["split"] == 1, cfg.limit_beats, cfg.seed)
+    with np.load(art_dir / "oof.npz") as oof:
+        y_val, probs_val = oof["y"], oof["probs"]
     model = keras.models.load_model(art_dir / "model.keras")
-    probs_val = predict_probs(model, val.x)
     probs = predict_probs(model, test.x)
     classes = meta["classes"]
-    result = assess.score(test.y, probs, val.y, probs_val, test.record, classes, SCORE_CLASSES,
+    result = assess.score(test.y, probs, y_val, probs_val, test.record, classes, SCORE_CLASSES,
                           n_boot=cfg.bootstrap, n_bins=cfg.ece_bins, seed=cfg.seed)
-    val_pred = probs_val.argmax(axis=1)
     figs = assess.write_plots(result, test.y, classes, plots_dir, art_dir / "figures", f"{name} on DS2")
     figs["history"] = plots.plot_history(trained["history"], art_dir / "figures" / "history.png")
     worst = assess.top_errors(test.y, result["_probs_after"])
@@ -43,7 +43,7 @@ def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, 
     public = assess.public(result)
     public["per_class"] = {c: public["per_class"][c] for c in classes[:4]}  # Q: too few beats to score
     metrics = {"model": trained["model"], "loss": trained["loss"], "split": "DS2", **public,
-               "val_macro_f1": macro_f1(val.y, val_pred, SCORE_CLASSES), "selected_on": "DS1 validation",
+               "val_macro_f1": trained["val_macro_f1"], "selected_on": "DS1 validation",
                "val_records": trained["val_records"], "model_info": trained["model_info"]}
     with tracking.run("ecg", name, trained.get("mlflow_run_id")) as mlflow:
         tracking.log_metrics(mlflow, {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class", "ece",

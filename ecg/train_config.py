@@ -26,7 +26,7 @@ class EcgTrain:
     models: tuple[str, ...] = ("lenet1d", "dilated1d")
     losses: tuple[str, ...] = ("ce", "focal")
     seed: int = 42
-    val_folds: tuple[int, ...] = (0,)
+    val_folds: str | tuple[int, ...] = "all"
     alpha: str | tuple[float, ...] = "sqrt_inverse"
     gamma: float = 2.0
     label_smoothing: float = 0.0
@@ -46,8 +46,8 @@ class EcgTrain:
             raise ParamsError("gamma must be >= 0 and label_smoothing in [0, 1)")
         if self.mixed_precision not in ("auto", "on", "off"):
             raise ParamsError(f"mixed_precision: one of auto/on/off, got {self.mixed_precision!r}")
-        if not self.val_folds:
-            raise ParamsError("val_folds: need at least one fold")
+        if self.val_folds != "all" and (isinstance(self.val_folds, str) or not self.val_folds):
+            raise ParamsError(f"val_folds: 'all' or a non-empty list of folds, got {self.val_folds!r}")
 
     def model_kwargs(self, name: str) -> dict:
         args = getattr(self, name, None)

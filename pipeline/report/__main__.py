@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.report.stage import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Figures of one run as base64 PNG data URIs (matplotlib, Agg), so pages need no other file.
+
+Confusion, reliability and training-history figures reuse pipeline.plots; error examples
+are drawn here: a 1-D sample (an ECG beat window) as a trace with its centre marked,
+a 2-D or 3-D sample as an image.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from pipeline import calibration as cal  # noqa: E402
+from pipeline import plots  # noqa: E402
+
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _fig_uri(fig, dpi: int = 90) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return png_uri(buf.getvalue())
+
+
+def _via_file(plot_fn, *args, **kwargs) -> str:
+    """Run a pipeline.plots function (which saves to a path) and return its PNG as a URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return png_uri(plot_fn(*args, path=Path(tmp) / "figure.png", **kwargs).read_bytes())
+
+
+def confusion(cm, classes, title: str) -> str:
+    return _via_file(plots.plot_confusion, cm, classes, title=title)
+
+
+def reliability(run, n_bins: int) -> str | None:
+    a = run.arrays
+    if a is None:
+        return None
+    y, after = a["y_true"], a["probs"]
+    before = a["probs_before"].astype(np.float64) if "probs_before" in a else after
+    ece = run.get("ece") or {}
+    ece_before = ece.get("before") if ece.get("before") is not None else cal.ece(before, y, n_bins)
+    ece_after = ece.get("after") if ece.get("after") is not None else cal.ece(after, y, n_bins)
+    return _via_file(plots.plot_reliability, cal.reliability_bins(before, y, n_bins),
+                     cal.reliability_bins(after, y, n_bins), ece_before, ece_after)
+
+
+def history(train: dict | None) -> str | None:
+    """Training curves; with cross-validation (train["folds"]) one curve per fold and metric."""
+    folds = (train or {}).get("folds") or {}
+    if len(folds) > 1:
+        curves = {f"fold {k} {m}": v for k, f in folds.items() for m, v in (f.get("history") or {}).items()}
+    else:
+        curves = (train or {}).get("history") or {}
+    return _via_file(plots.plot_history, curves) if curves else None
+
+
+def _trace_uri(x, fs, centre) -> str:
+    fig, ax = plt.subplots(figsize=(2.6, 1.7))
+    t = np.arange(len(x)) - centre
+    t = t * 1000.0 / fs if fs else t
+    ax.plot(t, x, lw=1.0, color="#1f4e79")
+    ax.axvline(0, color="#c0392b", ls="--", lw=0.8)
+    ax.text(0, 1.0, " R", color="#c0392b", fontsize=7, va="top", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("ms from R peak" if fs else "samples from centre", fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=True))
+    ax.tick_params(labelsize=6)
+    ax.set_yticks([])
+    return _fig_uri(fig)
+
+
+def _image_uri(x) -> str:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    fig, ax = plt.subplots(figsize=(1.6, 1.6))
+    ax.imshow(x, cmap="gray" if x.ndim == 2 else None, interpolation="nearest")
+    ax.axis("off")
+    return _fig_uri(fig)
+
+
+def errors(run, max_n: int, fs=None, centre=None) -> list[dict]:
+    """The most confident errors: {"uri", "true", "pred", "confidence", "group", "kind"}."""
+    a = run.arrays
+    if a is None or "error_x" not in a or "error_index" not in a:
+        return []
+    out = []
+    for i, x in zip(a["error_index"][:max_n], a["error_x"][:max_n]):
+        p = a["probs"][int(i)]
+        pred = int(p.argmax())
+        kind = "trace" if np.ndim(x) == 1 else "image"
+        uri = _trace_uri(x, fs, len(x) // 2 if centre is None else centre) if kind == "trace" else _image_uri(x)
+        out.append({"uri": uri, "kind": kind, "true": run.classes[int(a["y_true"][int(i)])],
+                    "pred": run.classes[pred], "confidence": float(p[pred]),
+                    "group": str(a["group"][int(i)]) if "group" in a else None})
+    return out

@@ -1,0 +1,102 @@
+"""ECG model registry, receptive fields, and the resumable fit loop."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ecg import models
+from ecg.models import Conv, Pool, receptive_field
+from pipeline.losses import make_loss
+from pipeline.training import FitConfig, fit
+
+
+def test_receptive_field_by_hand():
+    # conv k5 -> 5; pool 2 -> 5 + 1 = 6 (jump 2); conv k5 -> 6 + 4*2 = 14; pool 2 -> 14 + 1*2 = 16
+    assert receptive_field(models.lenet1d_spec()) == 16
+    # dilated k3, dilations 1, 2, 4: 1 + 2*(1 + 2 + 4) = 15
+    assert receptive_field((Conv(8, 3, 1), Conv(8, 3, 2), Conv(8, 3, 4))) == 15
+    # a strided conv multiplies the jump of later layers
+    assert receptive_field((Conv(4, 3, stride=2), Conv(4, 3))) == 1 + 2 + 2 * 2
+    assert receptive_field((Pool(3),)) == 3
+
+
+def test_dilated_covers_the_window():
+    for window in (129, 253, 301):
+        spec = models.dilated1d_spec(window)
+        assert receptive_field(spec) >= window
+        assert receptive_field(spec[:-1]) < window  # no layer more than needed
+        assert [c.dilation for c in spec] == [2 ** i for i in range(len(spec))]
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown ECG model 'resnet'.*dilated1d.*lenet1d"):
+        models.build("resnet", 253, 5, 5)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_model_predicts_probabilities(name):
+    model, info = models.build(name, 65, 5, 5)
+    x = {"beat": np.random.default_rng(0).normal(size=(3, 65, 1)).astype("float32"),
+         "rr": np.ones((3, 5), "float32")}
+    p = model.predict(x, verbose=0)
+    assert p.shape == (3, 5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    assert info["params"] == model.count_params() > 0
+    assert info["receptive_field_samples"] == receptive_field(
+        models.lenet1d_spec(2) if name == "lenet1d" else models.dilated1d_spec(65, 16))
+
+
+def _toy(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    beat = rng.normal(size=(n, 33, 1)).astype("float32") + y[:, None, None].astype("float32")
+    return {"beat": beat, "rr": np.ones((n, 5), "float32")}, y
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch, at_batch):
+        super().__init__()
+        self.epoch, self.at_epoch, self.at_batch = 0, at_epoch, at_batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.at_epoch and batch == self.at_batch:
+            raise KeyboardInterrupt("simulated kill mid-epoch")
+
+
+def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
+    x, y = _toy()
+    cfg = FitConfig(epochs=4, batch_size=32, patience=10)
+    build = lambda: models.build("lenet1d", 33, 5, 3, width=1)[0]  # noqa: E731
+    loss = make_loss("ce")
+    interrupt = _Interrupt(at_epoch=2, at_batch=3)
+    original_fit = keras.Model.fit
+
+    def fit_with_kill(self, *a, **kw):
+        kw["callbacks"] = list(kw.get("callbacks", [])) + [interrupt]
+        return original_fit(self, *a, **kw)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build, loss, (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "fp", seed=1, verbose=0)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 2  # epochs 1 and 2 finished, the third was cut
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    seen = []
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **kw: seen.append(kw["initial_epoch"])
+                        or original_fit(self, *a, **kw))
+    _, state = fit(build, loss, (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "fp", seed=1, verbose=0)
+    assert seen == [2]  # continued from the last finished epoch, not from scratch
+    assert state["epoch"] == 4 and len(state["history"]["val_macro_f1"]) == 4
+
+
+def test_fit_restarts_when_fingerprint_changes(tmp_path):
+    x, y = _toy(64)
+    cfg = FitConfig(epochs=1, batch_size=32)
+    build = lambda: models.build("lenet1d", 33, 5, 3, width=1)[0]  # noqa: E731
+    fit(build, make_loss("ce"), (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "a", verbose=0)
+    _, state = fit(build, make_loss("ce"), (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "b", verbose=0)
+    assert state["fingerprint"] == "b" and state["epoch"] == 1

@@ -1,0 +1,311 @@
+"""Report stage on small synthetic runs it writes itself, plus the committed files when present.
+
+`write_fixture` and `PageParser` are shared with tests/test_report_browser.py.
+"""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import assess
+from pipeline.io import save_npz, write_json
+from pipeline.report import compare, tables
+from pipeline.report.runs import ARMS, ReportError, Run, load_metrics, load_run
+from pipeline.report.stage import ReportParams, build, main
+
+ROOT = Path(__file__).resolve().parents[1]
+ECG_CLASSES = ["N", "S", "V", "F", "Q"]
+CFG = ReportParams(bootstrap=200, seed=42, ece_bins=10, max_errors=4)
+VOID = {"img", "meta", "br", "hr", "input", "link", "col", "source", "wbr"}
+
+
+def _probs(rng, y, n_classes, sharp, never=None):
+    logits = rng.normal(0.0, 1.0, (len(y), n_classes))
+    logits[np.arange(len(y)), y] += sharp
+    if never is not None:
+        logits[:, never] = -30.0
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _scored_run(rng, classes, p, groups, sharp, never, score_classes, seed):
+    n = len(groups)
+    y, yv = rng.choice(len(classes), size=n, p=p), rng.choice(len(classes), size=n, p=p)
+    probs, pv = _probs(rng, y, len(classes), sharp, never), _probs(rng, yv, len(classes), sharp, never)
+    res = assess.score(y, probs, yv, pv, groups, classes, score_classes, n_boot=CFG.bootstrap, n_bins=10, seed=seed)
+    worst = assess.top_errors(y, res["_probs_after"], k=6)
+    return y, probs, res, worst
+
+
+def _ecg_run(root, rng, loss, never, val, sharp):
+    name = f"tiny1d-{loss}"
+    groups = np.repeat(np.arange(100, 106), 100)
+    y, probs, res, worst = _scored_run(rng, ECG_CLASSES, [0.78, 0.09, 0.08, 0.04, 0.01], groups, sharp,
+                                       never, (0, 1, 2, 3), CFG.seed)
+    metrics = {"model": "tiny1d", "loss": loss, "split": "DS2", **assess.public(res), "val_macro_f1": val,
+               "val_records": [104, 105], "mlflow_run_id": f"run-{loss}",
+               "model_info": {"name": "tiny1d", "params": 1234, "receptive_field_samples": 9}}
+    metrics["per_class"] = {c: metrics["per_class"][c] for c in ECG_CLASSES[:4]}
+    write_json(root / "metrics/ecg" / f"{name}.json", metrics)
+    t = np.linspace(-1, 1, 253)
+    art = root / "artifacts/ecg" / name
+    save_npz(art / "eval.npz", y_true=y, probs=res["_probs_after"], probs_before=probs, group=groups,
+             error_index=worst, error_x=np.exp(-(t / 0.05) ** 2)[None, :] * (1 + rng.random((len(worst), 1))))
+    history = {"loss": [1.0, 0.6, 0.5], "val_macro_f1": [0.3, 0.5, 0.55]}
+    fit = {"history": history, "best_epoch": 3, "epochs_run": 3, "val_macro_f1": 0.55}
+    train = {"model": "tiny1d", "loss": loss, "model_info": metrics["model_info"], "mlflow_run_id": f"run-{loss}"}
+    if loss == "focal":  # cross-validated training: one fit per held-out fold
+        train.update(history=history, folds={"0": fit, "1": dict(fit, best_epoch=2)})
+    else:
+        train.update(fit)
+    write_json(art / "train.json", train)
+    return name
+
+
+def _vision_run(root, rng, regime, val, sharp):
+    name = f"pneumoniamnist-tinynet-{regime}-ce"
+    groups = np.arange(300)
+    y, probs, res, worst = _scored_run(rng, ["normal", "pneumonia"], [0.4, 0.6], groups, sharp, None, (0, 1), 7)
+    pc = {c: {"precision": r["ppv"], "recall": r["se"], "f1": r["f1"], "n": r["n"], "specificity": r["spec"]}
+          for c, r in res["per_class"].items()}
+    metrics = {"dataset": "pneumoniamnist", "model": "tinynet", "regime": regime, "loss": "ce", "split": "test",
+               "accuracy": res["accuracy"], "auc": 0.9, "macro_f1": res["macro_f1"], "per_class": pc,
+               "ece": res["ece"], "ci95": {k: res["ci95"][k] for k in ("accuracy", "macro_f1")},
+               "mlflow_run_id": f"vis-{regime}", "val_macro_f1": val, "temperature": res["temperature"],
+               "model_info": {"params": 5000, "input_size": [28, 28, 1], "backbone_source": "cifar10"}}
+    write_json(root / "metrics/vision" / f"{name}.json", metrics)
+    save_npz(root / "artifacts/vision" / name / "eval.npz", y_true=y, probs=res["_probs_after"],
+             probs_before=probs, group=groups, error_index=worst,
+             error_x=rng.integers(0, 255, (len(worst), 28, 28, 1)).astype(np.uint8))
+    return name
+
+
+def write_fixture(root: Path, vision: bool = True) -> dict:
+    """Synthetic ECG (and vision) runs under root; returns {arm: [run names]}."""
+    rng = np.random.default_rng(0)
+    write_json(root / "data/ecg/meta.json", {
+        "database": "mitdb", "fs": 360, "window_samples": 253, "r_peak_index": 126, "window_ms": 700.0,
+        "classes": ECG_CLASSES, "bandpass_hz": [0.5, 40.0], "excluded_paced": [102, 104, 107, 217],
+        "leads": {str(r): "MLII" for r in range(100, 112)}})
+    write_json(root / "reports/ecg/dataset.json", {
+        "DS1": dict(zip(ECG_CLASSES, [500, 50, 40, 20, 5])), "DS2": dict(zip(ECG_CLASSES, [470, 54, 48, 24, 4])),
+        "records": {"DS1": [101, 106, 201], "DS2": [100, 103, 202]}, "folds": {"0": [101], "1": [106, 201]}})
+    runs = {"ecg": [_ecg_run(root, rng, "ce", None, 0.61, 2.5), _ecg_run(root, rng, "focal", 3, 0.58, 2.0)]}
+    if vision:
+        write_json(root / "data/vision/pneumoniamnist.json", {
+            "dataset": "pneumoniamnist", "class_names": ["normal", "pneumonia"], "n_classes": 2, "channels": 1,
+            "image_size": [28, 28], "n": {"train": 900, "val": 100, "test": 300},
+            "n_per_class": {s: {"normal": n // 3, "pneumonia": n - n // 3}
+                            for s, n in (("train", 900), ("val", 100), ("test", 300))}})
+        runs["vision"] = [_vision_run(root, rng, "frozen", 0.7, 1.0), _vision_run(root, rng, "finetune", 0.8, 3.0)]
+    return runs
+
+
+class PageParser(HTMLParser):
+    """Collects links, images, data-value cells (with their row's data-class) and body attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.links, self.images, self.cells, self.ids, self.body = [], [], [], [], {}, {}
+        self.rows: dict[str, list] = {}
+        self.text = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        if tag == "body":
+            self.body = a
+        if "id" in a:
+            self.ids[a["id"]] = a
+        row = next((s for s in reversed(self.stack) if s[0] == "tr"), None)
+        table = next((s for s in reversed(self.stack) if s[0] == "table"), None)
+        if tag == "tr" and table is not None and ("data-class" in a or "data-run" in a):
+            self.rows.setdefault(table[1].get("id") or table[1].get("data-block"), []).append(
+                a.get("data-class") or a.get("data-run"))
+        if "data-metric" in a and row is not None:
+            self.cells.append({"table": table[1].get("id") if table else None, "row": row[1],
+                               "metric": a["data-metric"], "value": a.get("data-value")})
+        if tag not in VOID:
+            self.stack.append((tag, a))
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            if self.stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        if not (self.stack and self.stack[-1][0] in ("script", "style")):
+            self.text.append(data)
+
+    @classmethod
+    def parse(cls, html: str) -> "PageParser":
+        p = cls()
+        p.feed(html)
+        p.text = " ".join(" ".join(p.text).split())
+        return p
+
+
+def as_value(text):
+    return None if text == "null" else float(text)
+
+
+def check_run_page(page: PageParser, metrics: dict):
+    """Headline rows are the metrics file's classes and every value matches it."""
+    assert as_value(page.ids["macro-f1"]["data-value"]) == pytest.approx(metrics["macro_f1"], abs=0) \
+        if metrics["macro_f1"] is not None else page.ids["macro-f1"]["data-value"] == "null"
+    assert page.rows["headline-table"] == list(metrics["per_class"])
+    for c in (x for x in page.cells if x["table"] == "headline-table"):
+        row = metrics["per_class"][c["row"]["data-class"]]
+        key = next((k for k in tables.ALIASES[c["metric"]] if k in row), None)
+        if key is not None:
+            assert as_value(c["value"]) == row[key], (c, row)
+
+
+def _html(path):
+    return PageParser.parse(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """A built report over ECG and vision fixture runs: (root, {arm: names}); read-only."""
+    root = tmp_path_factory.mktemp("full")
+    names = write_fixture(root)
+    build(root, root / "out", CFG)
+    return root, names
+
+
+@pytest.fixture(scope="module")
+def ecg_only(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ecg_only")
+    write_fixture(root, vision=False)
+    build(root, root / "out", CFG)
+    return root
+
+
+def test_pages_match_metrics_and_index_links_all(full):
+    tmp_path, names = full
+    assert len(list((tmp_path / "out").rglob("*.html"))) == 6
+    index = _html(tmp_path / "out/index.html")
+    for arm, runs in names.items():
+        for name in runs:
+            assert f"{arm}/{name}.html" in index.links
+            metrics = json.loads((tmp_path / "metrics" / arm / f"{name}.json").read_text())
+            page = _html(tmp_path / "out" / arm / f"{name}.html")
+            check_run_page(page, metrics)
+            assert all(src.startswith("data:image/png;base64,") for src in page.images) and page.images
+            assert not [u for u in page.links if u.startswith(("http:", "https:", "//"))]
+            assert metrics["mlflow_run_id"] in page.text
+
+
+def test_undefined_value_shows_reason_not_zero(ecg_only):
+    tmp_path = ecg_only
+    metrics = json.loads((tmp_path / "metrics/ecg/tiny1d-focal.json").read_text())
+    assert metrics["per_class"]["F"]["ppv"] is None  # F is never predicted in this run
+    page = _html(tmp_path / "out/ecg/tiny1d-focal.html")
+    cell = next(c for c in page.cells if c["row"].get("data-class") == "F" and c["metric"] == "ppv")
+    assert cell["value"] == "null"
+    assert "no beat was predicted as F, so +P is undefined" in page.text
+    assert "No beat was predicted as F" in page.text  # failure modes
+    assert "out-of-fold" in page.text and page.rows.get("folds") is None and "folds" in page.ids
+    assert "Recordings 104, 105 are held out of training" in _html(tmp_path / "out/ecg/tiny1d-ce.html").text
+
+
+def test_vision_absent_index_says_so(ecg_only):
+    tmp_path = ecg_only
+    index = _html(tmp_path / "out/index.html")
+    assert "empty-vision" in index.ids and "empty-ecg" not in index.ids
+    assert "No vision runs yet" in _html(tmp_path / "out/compare.html").text
+
+
+def test_compare_highlights_validation_choice(full):
+    tmp_path, _ = full
+    html = (tmp_path / "out/compare.html").read_text()
+    page = PageParser.parse(html)
+    assert page.rows["tiny1d"] == ["tiny1d-ce", "tiny1d-focal"]
+    assert 'data-run="tiny1d-ce" class="chosen"' in html  # val 0.61 > 0.58, whatever test says
+    assert 'data-run="pneumoniamnist-tinynet-finetune-ce" class="chosen"' in html
+    assert "focal" in page.text and "S F1: focal" in page.text and "never on the test set" in page.text
+
+
+def test_bad_metrics_files_name_the_file(tmp_path):
+    missing = tmp_path / "metrics/ecg/gone.json"
+    with pytest.raises(ReportError, match="gone.json"):
+        load_metrics(missing)
+    bad = tmp_path / "bad.json"
+    for text, message in (("{not json", "malformed"), ("[1, 2]", "JSON object"),
+                          ('{"model": "m", "per_class": {"N": {"f1": 1}}}', "missing key 'macro_f1'"),
+                          ('{"model": "m", "macro_f1": "0.5", "per_class": {"N": {"f1": 1}}}', "number or null"),
+                          ('{"model": "m", "macro_f1": 0.5, "per_class": {"N": {"se": 1}}}', "at least 'f1'")):
+        bad.write_text(text)
+        with pytest.raises(ReportError, match=message) as info:
+            load_metrics(bad)
+        assert str(bad) in str(info.value)
+
+
+def test_missing_eval_npz_degrades_and_bad_one_is_named(tmp_path):
+    write_fixture(tmp_path, vision=False)
+    eval_npz = tmp_path / "artifacts/ecg/tiny1d-ce/eval.npz"
+    eval_npz.unlink()
+    build(tmp_path, tmp_path / "out", CFG)
+    page = _html(tmp_path / "out/ecg/tiny1d-ce.html")
+    assert "eval.npz not found" in page.text and "no eval.npz, so no interval" in page.text
+    check_run_page(page, json.loads((tmp_path / "metrics/ecg/tiny1d-ce.json").read_text()))
+    eval_npz.write_bytes(b"not a zip")
+    with pytest.raises(ReportError, match="tiny1d-ce/eval.npz"):
+        build(tmp_path, tmp_path / "out", CFG)
+
+
+def test_stage_main_fails_naming_malformed_file(tmp_path, capsys):
+    write_fixture(tmp_path, vision=False)
+    (tmp_path / "params.yaml").write_text("report: {bootstrap: 20, seed: 1, ece_bins: 5, max_errors: 2}\n")
+    args = ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    (tmp_path / "metrics/ecg/tiny1d-ce.json").write_text('{"model": ')
+    assert main(args) == 1
+    assert "tiny1d-ce.json" in capsys.readouterr().err
+
+
+def test_text_is_escaped(tmp_path):
+    write_fixture(tmp_path, vision=False)
+    path = tmp_path / "metrics/ecg/tiny1d-ce.json"
+    path.write_text(path.read_text().replace('"model": "tiny1d"', '"model": "<b>x</b>"'))
+    build(tmp_path, tmp_path / "out", CFG)
+    html = (tmp_path / "out/ecg/tiny1d-ce.html").read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+
+
+def test_failure_modes_and_contrast_wording():
+    run = Run(ARMS["ecg"], "x", Path("x.json"), {"per_class": {c: {"f1": None} for c in "NSVF"}},
+              classes=ECG_CLASSES)
+    cm = np.array([[90, 2, 3, 0, 0], [30, 10, 0, 0, 0], [1, 0, 19, 0, 0], [3, 0, 2, 0, 0], [0, 0, 0, 0, 1]])
+    modes = tables.failure_modes(run, cm)
+    assert modes[0] == "No beat was predicted as F: all 5 F beats in the test set were missed."
+    assert "S beats are most often called N (75.0% of S beats: 30 of 40)." in modes
+    assert "do not overlap: a is better" in compare.contrast("F1", ("a", 0.8, [0.7, 0.9]), ("b", 0.5, [0.4, 0.6]))
+    assert "cannot tell them apart" in compare.contrast("F1", ("a", 0.6, [0.4, 0.7]), ("b", 0.5, [0.4, 0.6]))
+    assert "no call" in compare.contrast("F1", ("a", None, None), ("b", 0.5, [0.4, 0.6]))
+
+
+def test_computed_f1_cis_equal_the_evaluate_stage_ones(ecg_only):
+    """Same seed and resamples as evaluate: the report's own bootstrap reproduces its F1 CIs."""
+    run = load_run(ecg_only, ARMS["ecg"], ecg_only / "metrics/ecg/tiny1d-ce.json")
+    cis = tables.class_cis(run, CFG.bootstrap, CFG.seed)
+    for c in "NSVF":
+        assert cis[f"{c}.f1"] == pytest.approx(run.metrics["ci95"][f"{c}_f1"])
+
+
+@pytest.mark.skipif(not list((ROOT / "metrics").glob("*/*.json")), reason="no committed metrics files")
+def test_report_on_committed_files(tmp_path):
+    written = build(ROOT, tmp_path, ReportParams(bootstrap=200))
+    index = _html(tmp_path / "index.html")
+    for metrics_path in sorted((ROOT / "metrics").glob("*/*.json")):
+        rel = f"{metrics_path.parent.name}/{metrics_path.stem}.html"
+        assert rel in index.links and tmp_path / rel in written
+        check_run_page(_html(tmp_path / rel), json.loads(metrics_path.read_text()))

@@ -1,0 +1,110 @@
+"""Report pages in a real browser: Debian's chromium, headless, opened from disk.
+
+Chromium is /usr/bin/chromium (or on PATH); when absent the test installs it with
+`apt-get install -y chromium` if it runs as root with apt (CI on Debian), else it skips.
+Each page is loaded with --dump-dom: the page's own script marks <body> once loaded
+(data-report-ready, data-broken-images, data-problems = script errors + blocked fetches),
+and --enable-logging=stderr prints every console message, of which there must be none.
+The dumped DOM is parsed with html.parser and checked against the metrics files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.report.stage import build
+from tests.test_report import CFG, PageParser, check_run_page, write_fixture
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0"]
+CONSOLE = re.compile(r":CONSOLE[:(]")
+
+
+def _find() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+def _install() -> None:
+    install = ["apt-get", "install", "-y", "chromium"]
+    for cmd in (install, ["apt-get", "update"], install):  # the package lists may be empty at first
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode == 0 and cmd[1] == "install":
+            return
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = _find()
+    can_install = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")
+    if found is None and can_install:
+        _install()
+        found = _find()
+    if found is None:
+        pytest.skip("chromium not found at /usr/bin/chromium; " + (
+            "`apt-get install -y chromium` failed" if can_install
+            else "not root with apt-get, so not installing it (run `apt-get install -y chromium`)"))
+    return found
+
+
+def browse(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+def load(binary: str, profile: Path, page: Path) -> tuple[PageParser, list[str]]:
+    """The page's DOM after load, and the console messages it produced."""
+    done = browse(binary, profile, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    return PageParser.parse(done.stdout), [ln for ln in done.stderr.splitlines() if CONSOLE.search(ln)]
+
+
+def test_console_scan_sees_errors(chromium, tmp_path):
+    """Control: a page that logs an error and fetches from the network is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><meta http-equiv="Content-Security-Policy" content="img-src data:">'
+                    '<body><img src="https://example.invalid/x.png"><script>console.error("boom")</script>')
+    _, console = load(chromium, tmp_path / "profile", page)
+    assert any("boom" in ln for ln in console) and any("example.invalid" in ln for ln in console)
+
+
+def test_report_pages_in_browser(chromium, tmp_path):
+    names = write_fixture(tmp_path)
+    out = tmp_path / "out"
+    build(tmp_path, out, CFG)
+    profile = tmp_path / "profile"
+    pages = {"index": out / "index.html", "compare": out / "compare.html"}
+    pages.update({f"{arm}/{n}": out / arm / f"{n}.html" for arm, runs in names.items() for n in runs})
+    dom = {}
+    for key, path in pages.items():
+        dom[key], console = load(chromium, profile, path)
+        assert console == [], f"{path.name}: console messages {console}"
+        assert dom[key].body.get("data-report-ready") == "yes", f"{path.name}: load marker missing"
+        assert dom[key].body.get("data-broken-images") == "0", path.name
+        assert dom[key].body.get("data-problems") == "0", path.name
+    for arm, runs in names.items():
+        for n in runs:
+            assert f"{arm}/{n}.html" in dom["index"].links
+            metrics = json.loads((tmp_path / "metrics" / arm / f"{n}.json").read_text())
+            check_run_page(dom[f"{arm}/{n}"], metrics)
+            assert len(dom[f"{arm}/{n}"].images) >= 4  # confusion, reliability, errors (+ history for ECG)
+    assert dom["compare"].rows["tiny1d"] == names["ecg"]
+    focal = json.loads((tmp_path / "metrics/ecg/tiny1d-focal.json").read_text())
+    cell = next(c for c in dom["compare"].cells if c["row"].get("data-run") == "tiny1d-focal" and c["metric"] == "S_f1")
+    assert float(cell["value"]) == focal["per_class"]["S"]["f1"]
+
+    shot = tmp_path / "run-page.png"
+    browse(chromium, profile, "--window-size=1200,3200", "--hide-scrollbars", f"--screenshot={shot}",
+           pages["ecg/tiny1d-focal"].resolve().as_uri())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    pdf = tmp_path / "run-page.pdf"
+    browse(chromium, profile, "--no-pdf-header-footer", f"--print-to-pdf={pdf}",
+           pages["ecg/tiny1d-focal"].resolve().as_uri())
+    data = pdf.read_bytes()
+    assert data[:5] == b"%PDF-" and len(re.findall(rb"/Type\s*/Page\b", data)) >= 5  # a page per section
