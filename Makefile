@@ -16,6 +16,7 @@ ifneq ($(wildcard $(SHARED)/data/cifar10/cifar10_jpg.zip),)
 export CIFAR10_ZIP ?= $(SHARED)/data/cifar10/cifar10_jpg.zip
 endif
 export PATH := $(abspath $(BIN)):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup repro test bench
 

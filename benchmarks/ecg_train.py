@@ -30,7 +30,7 @@ def main() -> None:
     cfg = train_config.load()
     policy = device.configure(cfg.mixed_precision)
     rng = np.random.default_rng(0)
-    x = {"beat": rng.normal(size=(args.beats, window, models.input_channels())).astype("float32"),
+    x = {"beat": rng.normal(size=(args.beats, window, len(cfg.channels))).astype("float32"),
          "rr": rng.uniform(0.5, 1.5, (args.beats, n_rr)).astype("float32")}
     y = keras.utils.to_categorical(rng.integers(0, 5, args.beats), 5)
     print(f"backend {keras.backend.backend()}, policy {policy}, cores {os.cpu_count()}, batch {args.batch}, "

@@ -30,11 +30,44 @@ def load(data_dir: Path | str = "data/ecg"):
     return arrays, meta
 
 
+CHANNELS = ("centred", "record_scaled", "record_deviation")
+
+
+def beat_channels(x: np.ndarray, record: np.ndarray, names) -> np.ndarray:
+    """Model input channels from raw windows (n, L) -> (n, L, len(names)).
+
+    centred: window minus its mean (mV). record_scaled: centred / the record's median
+    peak-to-peak amplitude (removes gain differences between patients). record_deviation:
+    record_scaled minus the record's median beat (what sets this beat apart from the patient's
+    usual beat). Record statistics use no labels, only the record's own signal.
+    """
+    unknown = [n for n in names if n not in CHANNELS]
+    if unknown or not names:
+        raise ValueError(f"beat channels {list(names)}: unknown {unknown}; valid: {list(CHANNELS)}")
+    centred = x - x.mean(axis=1, keepdims=True)
+    scaled, deviation = np.empty_like(centred), np.empty_like(centred)
+    for r in np.unique(record):
+        m = record == r
+        scaled[m] = centred[m] / max(float(np.median(np.ptp(centred[m], axis=1))), 1e-6)
+        deviation[m] = scaled[m] - np.median(scaled[m], axis=0)
+    table = {"centred": centred, "record_scaled": scaled, "record_deviation": deviation}
+    return np.stack([table[n] for n in names], axis=-1).astype(np.float32)
+
+
+def load_inputs(data_dir: Path | str, channels):
+    """Prepared arrays with the model's beat channels computed once for every beat."""
+    arrays, meta = load(data_dir)
+    arrays["beat"] = beat_channels(arrays["x"], arrays["record"], channels)
+    meta["channels"] = list(channels)
+    return arrays, meta
+
+
 def select(arrays: dict, mask: np.ndarray, limit: int | None = None, seed: int = 0) -> Beats:
     idx = np.flatnonzero(mask)
     if limit is not None and len(idx) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
-    return Beats({"beat": arrays["x"][idx, :, None], "rr": arrays["rr"][idx]},
+    beat = arrays["beat"][idx] if "beat" in arrays else arrays["x"][idx, :, None]
+    return Beats({"beat": beat, "rr": arrays["rr"][idx]},
                  arrays["y"][idx].astype(np.int64), arrays["record"][idx], arrays["sample"][idx])
 
 

@@ -22,7 +22,7 @@ SCORE_CLASSES = (0, 1, 2, 3)
 
 
 def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
-    arrays, meta = dataset.load(data_dir)
+    arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
     trained = read_json(art_dir / "train.json")
     if trained["data_sha256"] != meta["beats_sha256"]:
         raise ValueError(f"{art_dir / 'train.json'}: model was trained on other data; rerun train_ecg")

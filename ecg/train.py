@@ -45,7 +45,7 @@ def ensemble(members, name: str):
 
 
 def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, ckpt_dir: Path) -> dict:
-    arrays, meta = dataset.load(data_dir)
+    arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
     n_classes = len(meta["classes"])
     policy = device.configure(cfg.mixed_precision)
     kwargs = cfg.model_kwargs(model_name)

@@ -18,12 +18,21 @@ class LenetArgs:
 @dataclass(frozen=True)
 class DilatedArgs:
     filters: int = 16
+    stem_stride: int = 2
     dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class AugmentArgs:
+    gain: float = 0.1  # per-beat amplitude factor drawn from [1 - gain, 1 + gain]
+    noise: float = 0.02  # std of additive Gaussian noise, in input units
+    rr_jitter: float = 0.03  # relative std of the noise on RR features
 
 
 @dataclass(frozen=True)
 class EcgTrain:
     models: tuple[str, ...] = ("lenet1d", "dilated1d")
+    channels: tuple[str, ...] = ("record_scaled", "record_deviation")
     losses: tuple[str, ...] = ("ce", "focal")
     seed: int = 42
     val_folds: str | tuple[int, ...] = "all"
@@ -33,6 +42,7 @@ class EcgTrain:
     fit: FitConfig = field(default_factory=FitConfig)
     lenet1d: LenetArgs = field(default_factory=LenetArgs)
     dilated1d: DilatedArgs = field(default_factory=DilatedArgs)
+    augment: AugmentArgs | None = field(default_factory=AugmentArgs)
     mixed_precision: str = "auto"
     limit_beats: int | None = None  # subsample each split (smoke runs); null = all beats
     bootstrap: int = 1000
@@ -51,7 +61,8 @@ class EcgTrain:
 
     def model_kwargs(self, name: str) -> dict:
         args = getattr(self, name, None)
-        return dict(vars(args)) if args is not None else {}
+        return {**(dict(vars(args)) if args is not None else {}), "channels": len(self.channels),
+                "augment": dict(vars(self.augment)) if self.augment is not None else None}
 
 
 def load(path="params.yaml") -> EcgTrain:

@@ -22,11 +22,16 @@ def test_receptive_field_by_hand():
 
 
 def test_dilated_covers_the_window():
+    # stem k7 stride 2 -> 7, jump 2; then k3 dilations 1..32 add 2 * 2 * (1 + 2 + ... + 32) = 252
+    spec = models.dilated1d_spec(253)
+    assert receptive_field(spec) == 7 + 252
+    assert spec[0] == Conv(32, 7, 1, 2)
+    assert [c.dilation for c in spec[1:]] == [1, 2, 4, 8, 16, 32]
     for window in (129, 253, 301):
-        spec = models.dilated1d_spec(window)
+        spec = models.dilated1d_spec(window, stem_stride=1)
         assert receptive_field(spec) >= window
         assert receptive_field(spec[:-1]) < window  # no layer more than needed
-        assert [c.dilation for c in spec] == [2 ** i for i in range(len(spec))]
+        assert [c.dilation for c in spec[1:]] == [2 ** i for i in range(len(spec) - 1)]
 
 
 def test_unknown_model_lists_valid_names():
@@ -36,8 +41,8 @@ def test_unknown_model_lists_valid_names():
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_every_model_predicts_probabilities(name):
-    model, info = models.build(name, 65, 5, 5)
-    x = {"beat": np.random.default_rng(0).normal(size=(3, 65, 1)).astype("float32"),
+    model, info = models.build(name, 65, 5, 5, channels=2)
+    x = {"beat": np.random.default_rng(0).normal(size=(3, 65, 2)).astype("float32"),
          "rr": np.ones((3, 5), "float32")}
     p = model.predict(x, verbose=0)
     assert p.shape == (3, 5)
