@@ -1,6 +1,6 @@
-"""Stage `vision_ingest`: source images -> data/vision/<dataset>.npz + .json.
+"""Stages ingest_images (one per dataset) and ingest_source_images: images -> data/vision/<dataset>.npz + .json.
 
-    python -m vision.ingest                      # params.yaml: vision_data
+    python -m vision.ingest [--dataset NAME]     # params.yaml: vision_data
     python -m vision.ingest --source-set cifar10 # params.yaml: vision_pretrain
 
 Outputs hold keys x_train,y_train,x_val,y_val,x_test,y_test (uint8 NHWC,
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(params.PARAMS_FILE))
     ap.add_argument("--out-dir", default=str(OUT_DIR))
     ap.add_argument("--source-set", choices=["cifar10"], help="prepare a pretraining source set")
+    ap.add_argument("--dataset", help="ingest only this one of vision_data.datasets (one DVC stage each)")
     args = ap.parse_args(argv)
     if args.source_set:
         sp = source_set_params(params.read_params(args.params))
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"source_{args.source_set}: {meta['n']} from {meta['source']}")
         return 0
     p = params.load_section("vision_data", VisionDataParams, args.params)
-    for name in p.datasets:
+    if args.dataset is not None and args.dataset not in p.datasets:
+        raise SystemExit(f"--dataset {args.dataset!r} is not in vision_data.datasets {list(p.datasets)}")
+    for name in p.datasets if args.dataset is None else [args.dataset]:
         meta = ingest_dataset(name, p, args.out_dir)
         print(f"{name}: {meta['n']} {meta['image_size']}x{meta['channels']} from {meta['source']}")
     return 0

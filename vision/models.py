@@ -5,7 +5,11 @@ data's shape and does all preprocessing inside the model (vision.preprocess:
 resize, channels "repeat"/"native", per-model normalisation), so the pretrain,
 train and evaluate stages cannot disagree about it; then backbone -> global
 average pooling -> [Dense(relu) -> Dropout] per head_units -> Dense softmax
-in float32 (safe under mixed precision).
+in float32 (safe under mixed precision).  Optional ``augment`` layers
+(vision.augment: random flips/shifts/rotations/contrast, active only in
+training) sits right after the input.  ``build_head`` builds the same head
+on pooled features (cached-feature training); ``copy_head`` moves its
+weights into a classifier.
 
 After set_trainable, compile the model (again) for the change to take effect.
 """
@@ -54,6 +58,7 @@ def build_backbone(name: str, input_shape, *, stem: str = "auto", norm: str = "b
 def build_classifier(backbone: keras.Model, n_classes: int, *, input_shape=None,
                      dropout: float = 0.5, head_units: int | Sequence[int] = (256,),
                      channels: str = "repeat", preprocess: str | None = None,
+                     augment: Sequence[keras.layers.Layer] = (),
                      name: str | None = None) -> keras.Model:
     """Wrap ``backbone`` into a classifier for raw 0..255 images of ``input_shape``."""
     target = tuple(backbone.input_shape[1:])
@@ -61,21 +66,41 @@ def build_classifier(backbone: keras.Model, n_classes: int, *, input_shape=None,
     preprocess = preprocess or PREPROCESS.get(backbone.name, "unit")
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
+    for layer in augment:
+        x = layer(x)
     if input_shape[:2] != target[:2]:
         x = keras.layers.Resizing(target[0], target[1], name="resize")(x)
     x = match_channels(x, input_shape[-1], target[-1], channels)
     x = normalise(x, preprocess, target[-1])
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = _head(x, n_classes, head_units, dropout)
+    return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
+
+
+def build_head(n_features: int, n_classes: int, *, dropout: float = 0.5,
+               head_units: int | Sequence[int] = (256,)) -> keras.Model:
+    """The classifier's head alone, on pooled backbone features (``head_pool`` output)."""
+    inputs = keras.Input(shape=(int(n_features),), name="features")
+    return keras.Model(inputs, _head(inputs, n_classes, head_units, dropout), name="head")
+
+
+def copy_head(head: keras.Model, classifier: keras.Model) -> None:
+    """Copy the weights of ``build_head``'s layers into the same-named classifier layers."""
+    for layer in head.layers:
+        if layer.weights:
+            classifier.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def _head(x, n_classes: int, head_units, dropout: float):
     units = (head_units,) if isinstance(head_units, int) else tuple(head_units)
     for i, u in enumerate(units, start=1):
         x = keras.layers.Dense(u, activation="relu", name=f"head_dense{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"head_dropout{i}")(x)
     if not units:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
-                                 name="predictions")(x)
-    return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
+                              name="predictions")(x)
 
 
 def _block_index(layer_name: str) -> int | None:

@@ -1,0 +1,143 @@
+"""Typed params of the vision training side: sections `vision_pretrain` and `vision_train`.
+
+Backbone sources (`vision_pretrain.weights.<model>`):
+  "source:<dataset>"  pretrain the backbone from scratch on a source set that
+                      `vision.ingest --source-set <dataset>` prepared (only cifar10 here)
+  "imagenet"          VGG16 only: Keras's ImageNet weights, downloaded once into the
+                      Keras cache (~/.keras/models), or the local file named by env
+                      VGG16_WEIGHTS / `vision_pretrain.vgg16_weights`
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.losses import LOSSES as ALL_LOSSES
+from pipeline.params import ParamsError, load_section
+from pipeline.training import FitConfig
+from vision.alexnet import NORMS, STEMS
+from vision.augment import Augment
+from vision.ingest import CIFAR10_ZIP
+from vision.models import BACKBONES
+
+SOURCES = ("cifar10",)  # source sets vision.ingest can prepare
+REGIMES = ("frozen", "finetune")
+LOSSES = ("ce", "focal")
+POLICIES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Weights:
+    alexnet: str = "source:cifar10"
+    vgg16: str = "source:cifar10"
+
+
+@dataclass(frozen=True)
+class PretrainFit:
+    alexnet: FitConfig = field(default_factory=FitConfig)
+    vgg16: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass(frozen=True)
+class AlexnetArgs:
+    stem: str = "auto"
+    norm: str = "batchnorm"
+
+    def validate(self) -> None:
+        if self.stem not in STEMS or self.norm not in NORMS:
+            raise ParamsError(f"stem one of {list(STEMS)}, norm one of {list(NORMS)}")
+
+
+@dataclass(frozen=True)
+class VisionPretrain:
+    weights: Weights = field(default_factory=Weights)
+    vgg16_weights: str | None = None  # local notop .h5 for "imagenet"; env VGG16_WEIGHTS overrides
+    image_size: int = 32              # backbone input side; transfer stages resize their images to it
+    alexnet: AlexnetArgs = field(default_factory=AlexnetArgs)
+    head_units: tuple[int, ...] = (256,)
+    dropout: float = 0.3
+    fit: PretrainFit = field(default_factory=PretrainFit)
+    augment: Augment = field(default_factory=lambda: Augment(flip="horizontal", translate=0.1,
+                                                            rotate_deg=0.0, contrast=0.0))
+    mixed_precision: str = "auto"
+    seed: int = 0
+    # read by `vision.ingest --source-set` (the source images), not by the pretrain stage
+    source_path: str = CIFAR10_ZIP
+    limit_per_class: int | None = None
+    val_fraction: float = 0.1
+
+    def validate(self) -> None:
+        for model in BACKBONES:
+            source = getattr(self.weights, model)
+            if source == "imagenet":
+                if model != "vgg16":
+                    raise ParamsError(f"weights.{model}: 'imagenet' exists for vgg16 only; "
+                                      f"use 'source:<dataset>' ({list(SOURCES)})")
+            elif source_set(source) not in SOURCES:
+                raise ParamsError(f"weights.{model}: {source!r} is not 'imagenet' or "
+                                  f"'source:<dataset>' with dataset in {list(SOURCES)}")
+        if self.image_size < 8:
+            raise ParamsError(f"image_size must be >= 8, got {self.image_size}")
+        if self.mixed_precision not in POLICIES:
+            raise ParamsError(f"mixed_precision: one of {list(POLICIES)}, got {self.mixed_precision!r}")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def source_set(source: str) -> str | None:
+    """'source:cifar10' -> 'cifar10'; anything else -> None."""
+    return source[len("source:"):] if source.startswith("source:") else None
+
+
+@dataclass(frozen=True)
+class UnfreezeFrom:
+    alexnet: str | None = "block4"  # null = every block
+    vgg16: str | None = "block5"
+
+
+@dataclass(frozen=True)
+class Finetune:
+    unfreeze_from: UnfreezeFrom = field(default_factory=UnfreezeFrom)
+    fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=3, batch_size=32, learning_rate=1e-4,
+                                                            patience=2))
+
+
+@dataclass(frozen=True)
+class VisionTrain:
+    models: tuple[str, ...] = BACKBONES
+    regimes: tuple[str, ...] = REGIMES
+    losses: tuple[str, ...] = LOSSES
+    seed: int = 42
+    alpha: str | tuple[float, ...] = "sqrt_inverse"  # focal alpha: none, inverse, sqrt_inverse or a list
+    gamma: float = 2.0
+    label_smoothing: float = 0.0
+    head_units: tuple[int, ...] = (256,)
+    dropout: float = 0.5
+    head_fit: FitConfig = field(default_factory=FitConfig)  # frozen regime and finetune warm-up
+    finetune: Finetune = field(default_factory=Finetune)
+    augment: Augment = field(default_factory=Augment)
+    mixed_precision: str = "auto"
+    limit: int | None = None  # keep the first `limit` rows of every split (smoke runs only)
+    bootstrap: int = 1000
+    ece_bins: int = 15
+
+    def validate(self) -> None:
+        for key, values, valid in (("models", self.models, BACKBONES), ("regimes", self.regimes, REGIMES),
+                                   ("losses", self.losses, LOSSES)):
+            bad = [v for v in values if v not in valid]
+            if bad or not values:
+                raise ParamsError(f"{key}: unknown {bad} or empty; valid: {list(valid)}")
+        assert set(LOSSES) <= set(ALL_LOSSES)
+        if self.gamma < 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
+            raise ParamsError("gamma must be >= 0, label_smoothing and dropout in [0, 1)")
+        if self.mixed_precision not in POLICIES:
+            raise ParamsError(f"mixed_precision: one of {list(POLICIES)}, got {self.mixed_precision!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ParamsError(f"limit must be null or >= 1, got {self.limit}")
+
+
+def load_pretrain(path="params.yaml") -> VisionPretrain:
+    return load_section("vision_pretrain", VisionPretrain, path)
+
+
+def load_train(path="params.yaml") -> VisionTrain:
+    return load_section("vision_train", VisionTrain, path)
