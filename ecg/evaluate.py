@@ -45,13 +45,9 @@ def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, 
     metrics = {"model": trained["model"], "loss": trained["loss"], "split": "DS2", **public,
                "val_macro_f1": trained["val_macro_f1"], "selected_on": "DS1 validation",
                "val_records": trained["val_records"], "model_info": trained["model_info"]}
-    with tracking.run("ecg", name, trained.get("mlflow_run_id")) as mlflow:
-        tracking.log_metrics(mlflow, {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class", "ece",
-                                                              "brier", "nll", "temperature")}, "ds2.")
-        for fig in figs.values():
-            mlflow.log_artifact(str(fig), "figures")
-        metrics["model_uri"] = tracking.log_keras_model(mlflow, model)
-        metrics["mlflow_run_id"] = mlflow.active_run().info.run_id
+    logged = {k: metrics[k] for k in ("accuracy", "macro_f1", "per_class", "ece", "brier", "nll", "temperature")}
+    metrics["mlflow_run_id"], metrics["model_uri"] = tracking.log_evaluation(
+        "ecg", name, trained.get("mlflow_run_id"), logged, figs.values(), model, "ds2.")
     write_json(metrics_path, metrics)
     return metrics
 

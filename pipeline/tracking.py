@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 
 PIP_REQUIREMENTS = ["keras>=3.3", "tensorflow>=2.16", "numpy"]
@@ -55,9 +56,15 @@ def log_params(mlflow, params: dict) -> None:
     mlflow.log_params(flat)
 
 
+def metric_key(name: str) -> str:
+    """A key MLflow accepts: characters outside [\w-. /:] become '_' ("normal, benign" -> "normal_benign")."""
+    return re.sub(r"_+", "_", re.sub(r"[^\w\-./:]", "_", name)).strip("_")
+
+
 def log_metrics(mlflow, metrics: dict, prefix: str = "") -> None:
+    """Numeric leaves of a nested dict; None (undefined) values are skipped, not logged as 0."""
     flat = flatten(metrics, prefix)
-    mlflow.log_metrics({k: float(v) for k, v in flat.items()
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in flat.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
@@ -71,3 +78,14 @@ def log_keras_model(mlflow, model, name: str = "model") -> str:
     """Log with MLflow's Keras flavor; returns the model URI (loads back with mlflow.keras.load_model)."""
     info = mlflow.keras.log_model(model, name=name, pip_requirements=PIP_REQUIREMENTS)
     return info.model_uri
+
+
+def log_evaluation(experiment: str, name: str, run_id: str | None, metrics: dict, figures, model,
+                   prefix: str) -> tuple[str, str]:
+    """Add an evaluation (metrics, figures, model) to the training run; returns (run_id, model_uri)."""
+    with run(experiment, name, run_id) as mlflow:
+        log_metrics(mlflow, metrics, prefix)
+        for fig in figures:
+            mlflow.log_artifact(str(fig), "figures")
+        uri = log_keras_model(mlflow, model)
+        return mlflow.active_run().info.run_id, uri

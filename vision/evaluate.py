@@ -7,7 +7,6 @@ artifacts/vision/<name>/eval.npz, and logs to the run's MLflow entry (experiment
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -25,11 +24,6 @@ def per_class(raw: dict) -> dict:
     """assess's se/ppv naming -> the vision contract (precision, recall, f1, n, specificity)."""
     return {c: {"precision": m["ppv"], "recall": m["se"], "f1": m["f1"], "n": m["n"], "specificity": m["spec"]}
             for c, m in raw.items()}
-
-
-def mlflow_safe(label: str) -> str:
-    """A class name usable in an MLflow metric key ("normal, benign" -> "normal_benign")."""
-    return re.sub(r"_+", "_", re.sub(r"[^\w\-. /:]", "_", label).replace(" ", "_")).strip("_")
 
 
 def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
@@ -55,14 +49,10 @@ def evaluate(name: str, cfg, data_dir: Path, art_dir: Path, metrics_path: Path, 
                "auc": roc_auc(test.y, result["_probs_after"]),
                "val_macro_f1": macro_f1(val.y, val_pred, all_classes), "val_accuracy": accuracy(val.y, val_pred),
                "selected_on": "validation", "n_test": int(len(test.y)), "model_info": trained["model_info"]}
-    with tracking.run("vision", name, trained.get("mlflow_run_id")) as mlflow:
-        logged = {k: metrics[k] for k in ("accuracy", "auc", "macro_f1", "ece", "brier", "nll", "temperature")}
-        logged["per_class"] = {mlflow_safe(c): v for c, v in metrics["per_class"].items()}
-        tracking.log_metrics(mlflow, logged, "test.")
-        for fig in figs.values():
-            mlflow.log_artifact(str(fig), "figures")
-        metrics["model_uri"] = tracking.log_keras_model(mlflow, model)
-        metrics["mlflow_run_id"] = mlflow.active_run().info.run_id
+    logged = {k: metrics[k] for k in ("accuracy", "auc", "macro_f1", "per_class", "ece", "brier", "nll",
+                                      "temperature")}
+    metrics["mlflow_run_id"], metrics["model_uri"] = tracking.log_evaluation(
+        "vision", name, trained.get("mlflow_run_id"), logged, figs.values(), model, "test.")
     write_json(metrics_path, metrics)
     return metrics
 
