@@ -195,9 +195,9 @@ def test_pages_match_metrics_and_index_links_all(full):
     index = _html(tmp_path / "out/index.html")
     for arm, runs in names.items():
         for name in runs:
-            assert f"{arm}/{name}.html" in index.links
+            assert f"runs/{arm}/{name}.html" in index.links
             metrics = json.loads((tmp_path / "metrics" / arm / f"{name}.json").read_text())
-            page = _html(tmp_path / "out" / arm / f"{name}.html")
+            page = _html(tmp_path / "out" / "runs" / arm / f"{name}.html")
             check_run_page(page, metrics)
             assert all(src.startswith("data:image/png;base64,") for src in page.images) and page.images
             assert not [u for u in page.links if u.startswith(("http:", "https:", "//"))]
@@ -208,13 +208,13 @@ def test_undefined_value_shows_reason_not_zero(ecg_only):
     tmp_path = ecg_only
     metrics = json.loads((tmp_path / "metrics/ecg/tiny1d-focal.json").read_text())
     assert metrics["per_class"]["F"]["ppv"] is None  # F is never predicted in this run
-    page = _html(tmp_path / "out/ecg/tiny1d-focal.html")
+    page = _html(tmp_path / "out/runs/ecg/tiny1d-focal.html")
     cell = next(c for c in page.cells if c["row"].get("data-class") == "F" and c["metric"] == "ppv")
     assert cell["value"] == "null"
     assert "no beat was predicted as F, so +P is undefined" in page.text
     assert "No beat was predicted as F" in page.text  # failure modes
     assert "out-of-fold" in page.text and page.rows.get("folds") is None and "folds" in page.ids
-    assert "Recordings 104, 105 are held out of training" in _html(tmp_path / "out/ecg/tiny1d-ce.html").text
+    assert "Recordings 104, 105 are held out of training" in _html(tmp_path / "out/runs/ecg/tiny1d-ce.html").text
 
 
 def test_vision_absent_index_says_so(ecg_only):
@@ -254,7 +254,7 @@ def test_missing_eval_npz_degrades_and_bad_one_is_named(tmp_path):
     eval_npz = tmp_path / "artifacts/ecg/tiny1d-ce/eval.npz"
     eval_npz.unlink()
     build(tmp_path, tmp_path / "out", CFG)
-    page = _html(tmp_path / "out/ecg/tiny1d-ce.html")
+    page = _html(tmp_path / "out/runs/ecg/tiny1d-ce.html")
     assert "eval.npz not found" in page.text and "no eval.npz, so no interval" in page.text
     check_run_page(page, json.loads((tmp_path / "metrics/ecg/tiny1d-ce.json").read_text()))
     eval_npz.write_bytes(b"not a zip")
@@ -277,7 +277,7 @@ def test_text_is_escaped(tmp_path):
     path = tmp_path / "metrics/ecg/tiny1d-ce.json"
     path.write_text(path.read_text().replace('"model": "tiny1d"', '"model": "<b>x</b>"'))
     build(tmp_path, tmp_path / "out", CFG)
-    html = (tmp_path / "out/ecg/tiny1d-ce.html").read_text()
+    html = (tmp_path / "out/runs/ecg/tiny1d-ce.html").read_text()
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
 
 
@@ -306,6 +306,6 @@ def test_report_on_committed_files(tmp_path):
     written = build(ROOT, tmp_path, ReportParams(bootstrap=200))
     index = _html(tmp_path / "index.html")
     for metrics_path in sorted((ROOT / "metrics").glob("*/*.json")):
-        rel = f"{metrics_path.parent.name}/{metrics_path.stem}.html"
+        rel = f"runs/{metrics_path.parent.name}/{metrics_path.stem}.html"
         assert rel in index.links and tmp_path / rel in written
         check_run_page(_html(tmp_path / rel), json.loads(metrics_path.read_text()))

@@ -80,7 +80,7 @@ def test_report_pages_in_browser(chromium, tmp_path):
     build(tmp_path, out, CFG)
     profile = tmp_path / "profile"
     pages = {"index": out / "index.html", "compare": out / "compare.html"}
-    pages.update({f"{arm}/{n}": out / arm / f"{n}.html" for arm, runs in names.items() for n in runs})
+    pages.update({f"{arm}/{n}": out / "runs" / arm / f"{n}.html" for arm, runs in names.items() for n in runs})
     dom = {}
     for key, path in pages.items():
         dom[key], console = load(chromium, profile, path)
@@ -90,7 +90,7 @@ def test_report_pages_in_browser(chromium, tmp_path):
         assert dom[key].body.get("data-problems") == "0", path.name
     for arm, runs in names.items():
         for n in runs:
-            assert f"{arm}/{n}.html" in dom["index"].links
+            assert f"runs/{arm}/{n}.html" in dom["index"].links
             metrics = json.loads((tmp_path / "metrics" / arm / f"{n}.json").read_text())
             check_run_page(dom[f"{arm}/{n}"], metrics)
             assert len(dom[f"{arm}/{n}"].images) >= 4  # confusion, reliability, errors (+ history for ECG)

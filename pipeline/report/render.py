@@ -37,7 +37,7 @@ def title(run) -> str:
 
 
 def href(run) -> str:
-    return f"{run.arm.name}/{run.name}.html"
+    return f"runs/{run.arm.name}/{run.name}.html"
 
 
 def _shown(v) -> str | None:
@@ -69,7 +69,7 @@ def run_context(run, cfg) -> dict:
     cm = tables.confusion(run)
     meta = run.data.get("meta") or {}
     return {
-        "run": run, "title": title(run), "root": "../", "arm_template": f"arm_{run.arm.name}.html",
+        "run": run, "title": title(run), "root": "../../", "arm_template": f"arm_{run.arm.name}.html",
         "macro": tables.overall(run, "macro_f1"), "accuracy": tables.overall(run, "accuracy"),
         "columns": tables.COLUMNS, "rows": tables.headline(run, cm), "n_boot": cfg.bootstrap,
         "confusion": None if cm is None else confusion_rows(cm, run.classes),

@@ -1,4 +1,4 @@
-"""Stage report: reports/index.html, reports/compare.html and reports/<arm>/<run>.html.
+"""Stage report: reports/index.html, reports/compare.html and reports/runs/<arm>/<run>.html.
 
 Reads only files (metrics, artifacts, dataset json); never retrains or predicts.
 """
