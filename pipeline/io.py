@@ -70,8 +70,8 @@ def read_json(path: Path | str):
         raise ValueError(f"{path}: malformed JSON: {exc}") from None
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path | str, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)

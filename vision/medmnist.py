@@ -6,12 +6,13 @@ a mirror may hold a faithful re-packing (see the mirror's PROVENANCE.txt).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.io import sha256_file
 
 URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 DEFAULT_CACHE = Path("~/.medmnist")  # the medmnist package's own default root
@@ -37,12 +38,8 @@ def info(name: str) -> Info:
     return CATALOG[name]
 
 
-def md5_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def md5_file(path: Path | str) -> str:
+    return sha256_file(path, algorithm="md5")
 
 
 def from_mirror(name: str, mirror: Path | str) -> Path:
