@@ -309,3 +309,29 @@ def test_report_on_committed_files(tmp_path):
         rel = f"runs/{metrics_path.parent.name}/{metrics_path.stem}.html"
         assert rel in index.links and tmp_path / rel in written
         check_run_page(_html(tmp_path / rel), json.loads(metrics_path.read_text()))
+
+
+class _FakeRun:
+    def __init__(self, model, regime, macro, ci, val):
+        self.name = f"ds-{model}-{regime}-ce"
+        self.arm = type("Arm", (), {"name": "vision"})()
+        self.metrics = {"dataset": "ds", "model": model, "regime": regime, "loss": "ce", "macro_f1": macro,
+                        "accuracy": macro, "ci95": {"macro_f1": ci, "accuracy": ci}, "val_macro_f1": val,
+                        "per_class": {"a": {"f1": macro, "n": 10}}}
+        self.scored, self.cis = ["a"], {}
+
+    def get(self, key):
+        return self.metrics.get(key)
+
+
+def test_compare_vision_backbones_and_regimes():
+    runs = [_FakeRun("alexnet", "frozen", 0.9, [0.85, 0.95], 0.8), _FakeRun("vgg16", "frozen", 0.6, [0.5, 0.7], 0.7),
+            _FakeRun("alexnet", "finetune", 0.7, [0.6, 0.8], 0.6), _FakeRun("vgg16", "finetune", 0.65, [0.55, 0.75], 0.9)]
+    blocks = {b["title"]: b for b in compare.blocks("vision", runs)}
+    assert set(blocks) == {"ds · alexnet · ce", "ds · vgg16 · ce", "ds · finetune · ce (backbones compared)",
+                           "ds · frozen · ce (backbones compared)"}
+    frozen = blocks["ds · frozen · ce (backbones compared)"]
+    assert frozen["vary"] == "model" and [r["label"] for r in frozen["rows"]] == ["alexnet", "vgg16"]
+    assert "do not overlap: alexnet is better" in frozen["answers"][0]
+    # the validation choice is one run per dataset, whatever the block
+    assert [r["name"] for b in blocks.values() for r in b["rows"] if r["chosen"]] == ["ds-vgg16-finetune-ce"] * 2

@@ -1,4 +1,5 @@
-"""Side-by-side runs: ECG losses per model, vision transfer regimes per (dataset, model, loss).
+"""Side-by-side runs: ECG losses per model; vision transfer regimes per (dataset, model, loss) and
+backbones per (dataset, regime, loss).
 
 The highlighted run of each block is the one with the best validation macro-F1
 (val_macro_f1 in its metrics file), never the best on test.
@@ -9,9 +10,11 @@ from itertools import combinations
 
 from pipeline.report.tables import ci_text, pct
 
-# arm -> (keys fixing a block, key varying inside it, pairs to contrast (None: all), per-class focus)
-PLAN = {"ecg": (("model",), "loss", (("focal", "ce"),), "rare"),
-        "vision": (("dataset", "model", "loss"), "regime", None, "all")}
+# arm -> plans of (keys fixing a block, key varying inside it, pairs to contrast (None: all),
+#                  per-class focus, title suffix)
+PLANS = {"ecg": ((("model",), "loss", (("focal", "ce"),), "rare", ""),),
+         "vision": ((("dataset", "model", "loss"), "regime", None, "all", ""),
+                    (("dataset", "regime", "loss"), "model", None, "all", " (backbones compared)"))}
 CHOICE = {"ecg": (), "vision": ("dataset",)}  # runs competing for the validation choice
 
 
@@ -56,8 +59,12 @@ def blocks(arm: str, runs) -> list[dict]:
     """One table per block: {"title", "vary", "classes", "rows", "answers"}."""
     if not runs:
         return []
-    fixed, vary, pairs, focus = PLAN[arm]
     picked = chosen(runs)
+    return [b for plan in PLANS[arm] for b in _plan_blocks(plan, runs, picked)]
+
+
+def _plan_blocks(plan, runs, picked) -> list[dict]:
+    fixed, vary, pairs, focus, suffix = plan
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault(tuple(r.get(k) for k in fixed), []).append(r)
@@ -81,6 +88,6 @@ def blocks(arm: str, runs) -> list[dict]:
                 answers += [contrast(f"{c} F1", (la, *ra["f1"][c]), (lb, *rb["f1"][c])) for c in rare]
             else:
                 answers.append(contrast("Accuracy", (la, *ra["accuracy"]), (lb, *rb["accuracy"])))
-        out.append({"title": " · ".join(str(k) for k in key), "vary": vary, "classes": rare,
+        out.append({"title": " · ".join(str(k) for k in key) + suffix, "vary": vary, "classes": rare,
                     "rows": rows, "answers": answers})
     return out
