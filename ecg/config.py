@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.params import ParamsError, load_section
 
 # Databases whose layout (one .hea/.dat/.atr per record) the ingest stage knows.
-KNOWN_DATABASES = {"mitdb", "svdb", "incartdb", "nstdb", "ltafdb", "edb", "mitdb-like"}
+KNOWN_DATABASES = {"mitdb", "svdb", "incartdb", "nstdb", "ltafdb", "edb"}
 CLASS_MAPS = ("aami",)
 SPLITS = ("dechazal2004",)
 
@@ -37,8 +37,8 @@ class EcgData:
             raise ParamsError("records: the record list is empty")
         if self.fs <= 0:
             raise ParamsError(f"fs: must be positive, got {self.fs}")
-        lo, hi = (self.bandpass_hz + (None, None))[:2]
-        if len(self.bandpass_hz) != 2 or not 0 < lo < hi < self.fs / 2:
+        band = self.bandpass_hz
+        if len(band) != 2 or not 0 < band[0] < band[1] < self.fs / 2:
             raise ParamsError(f"bandpass_hz: need [low, high] with 0 < low < high < fs/2, got {list(self.bandpass_hz)}")
         if self.window_ms <= 0:
             raise ParamsError(f"window_ms: must be positive, got {self.window_ms}")

@@ -73,14 +73,13 @@ def _convert(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, key)
-            except ParamsError as exc:
-                errors.append(str(exc))
+            except ParamsError:
+                pass
         raise ParamsError(f"'{key}': {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:

@@ -106,8 +106,6 @@ def load_eval(path: Path, n_labels: int) -> dict | None:
     if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
         raise ReportError(f"{path}: y_true holds labels outside 0..{probs.shape[1] - 1}")
     arrays.update(y_true=y, probs=probs)
-    if "group" not in arrays and "record" in arrays:  # eval.npz written before 'group' existed
-        arrays["group"] = arrays["record"]
     return arrays
 
 
