@@ -9,6 +9,9 @@ from scipy import signal as sps
 from ecg.reader import Record, RecordError
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+# Classes scored in macro-F1 (de Chazal 2004 / AAMI practice): Q (paced, fusion of paced, unclassifiable)
+# is too rare in DS1/DS2 to score. Written to meta.json as `score_classes`; downstream reads it there.
+SCORE_CLASSES = ("N", "S", "V", "F")
 # AAMI EC57 grouping of MIT-BIH beat symbols.
 AAMI_MAP = {
     "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",

@@ -8,8 +8,6 @@ from pipeline.params import ParamsError, load_section
 
 # Databases whose layout (one .hea/.dat/.atr per record) the ingest stage knows.
 KNOWN_DATABASES = {"mitdb", "svdb", "incartdb", "nstdb", "ltafdb", "edb"}
-CLASS_MAPS = ("aami",)
-SPLITS = ("dechazal2004",)
 
 
 @dataclass(frozen=True)
@@ -24,8 +22,6 @@ class EcgData:
     filter_order: int = 2
     window_ms: float = 700.0
     local_rr_beats: int = 10
-    class_map: str = "aami"
-    split: str = "dechazal2004"
     n_folds: int = 4
 
     def validate(self) -> None:
@@ -42,10 +38,6 @@ class EcgData:
             raise ParamsError(f"bandpass_hz: need [low, high] with 0 < low < high < fs/2, got {list(self.bandpass_hz)}")
         if self.window_ms <= 0:
             raise ParamsError(f"window_ms: must be positive, got {self.window_ms}")
-        if self.class_map not in CLASS_MAPS:
-            raise ParamsError(f"class_map: unknown class map '{self.class_map}'; known: {list(CLASS_MAPS)}")
-        if self.split not in SPLITS:
-            raise ParamsError(f"split: unknown split '{self.split}'; known: {list(SPLITS)}")
         if self.n_folds < 2:
             raise ParamsError(f"n_folds: need at least 2, got {self.n_folds}")
         if self.local_rr_beats < 1 or self.filter_order < 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ecg import config
-from ecg.beats import AAMI_CLASSES, RR_FEATURES, extract_beats
+from ecg.beats import AAMI_CLASSES, RR_FEATURES, SCORE_CLASSES, extract_beats
 from ecg.reader import RecordError, read_record
 from ecg.splits import PACED, balanced_folds, dechazal_split
 from pipeline.io import ensure_dir, save_npz, write_json
@@ -60,7 +60,8 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
     counts = {b["record"]: np.bincount(b["y"], minlength=k) for b in per_record}
     ds1_counts = {r: counts[r] for r in split["DS1"]}
     n_folds = min(cfg.n_folds, len(ds1_counts))
-    folds = balanced_folds({r: c[:4] for r, c in ds1_counts.items()}, n_folds)
+    scored = [AAMI_CLASSES.index(c) for c in SCORE_CLASSES]
+    folds = balanced_folds({r: c[scored] for r, c in ds1_counts.items()}, n_folds)
     fold_of = {r: f for f, recs in folds.items() for r in recs}
     arrays = {
         "x": np.concatenate([b["x"] for b in per_record]),
@@ -81,6 +82,7 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
     meta = {
         "database": cfg.database, "fs": cfg.fs, "window_samples": 2 * cfg.half_window + 1,
         "r_peak_index": cfg.half_window, "window_ms": cfg.window_ms, "classes": list(AAMI_CLASSES),
+        "score_classes": list(SCORE_CLASSES),
         "rr_features": list(RR_FEATURES), "bandpass_hz": list(cfg.bandpass_hz),
         "leads": {str(b["record"]): b["lead"] for b in per_record},
         "excluded_paced": list(PACED), "dropped_at_edges": {str(b["record"]): b["dropped_edge"] for b in per_record},
