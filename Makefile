@@ -1,11 +1,15 @@
 # Two entry points: `make repro` (set up + run the pipeline) and `make test` (set up + run the tests).
+# Both install .venv from requirements.lock (every package pinned with hashes), then the project
+# itself with --no-deps. `make lock` regenerates the lock from pyproject.toml (see "Lock" below).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements.lock
+PIP_VERSION := 26.3
 SHARED := $(abspath ../shared)
 
 # Local mirrors beside the project, used when present (no internet needed); otherwise the
-# stages download from PhysioNet / MedMNIST. Set these variables yourself to use other mirrors.
+# stages download from PhysioNet / MedMNIST / CIFAR-10. Set these variables yourself to use other mirrors.
 ifneq ($(wildcard $(SHARED)/data/mitdb/RECORDS),)
 export ECG_MIRROR ?= $(SHARED)/data/mitdb
 endif
@@ -18,12 +22,20 @@ endif
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup repro test bench
+# pytest exits 5 when it selects no test; that is not a failure here.
+PYTEST = python -m pytest -q
+define run_pytest
+	$(PYTEST) $(1) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests selected" || exit $$rc; }
+endef
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+.PHONY: setup repro test test-fast test-slow browser lock lock-upgrade dvc-fresh-check bench
+
+$(BIN)/.installed: $(LOCK) pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 setup: $(BIN)/.installed
@@ -31,8 +43,57 @@ setup: $(BIN)/.installed
 repro: setup
 	dvc repro
 
-test: setup
-	python -m pytest -q
+# The README's test command, and what .ci/run calls: every test, fast and slow.
+test: setup browser
+	$(call run_pytest,-m "slow or not slow")
+
+# The quick loop: pyproject's addopts deselect slow-marked tests.
+test-fast: setup
+	$(call run_pytest,)
+
+test-slow: setup browser
+	$(call run_pytest,-m slow)
+
+# The browser test (tests/test_report_browser.py) needs Debian's chromium; it skips without it.
+# Installed here, never by a test: as root (or with passwordless sudo) when /usr/bin/chromium
+# is missing. A failed install only warns.
+browser:
+	@if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "chromium missing and not root: the browser test will skip"; exit 0; fi; \
+	{ $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; } \
+	|| echo "warning: installing chromium failed; the browser test will skip"
+
+# Lock: requirements.lock pins every package (Python 3.11, Linux x86_64) with hashes, compiled by
+# uv from pyproject.toml's ranges (+ the dev extra). `make lock` keeps the existing pins and only
+# adds/removes what pyproject.toml's changes require; `make lock-upgrade` moves everything to the
+# newest versions within the ranges. Results (dvc.lock md5s, metrics) depend on these versions:
+# after an upgrade, rerun the pipeline and `make dvc-fresh-check`.
+UV_VERSION := 0.13.9
+TOOLS := .venv-tools
+UV_COMPILE = $(TOOLS)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock" -o $(LOCK)
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+lock: $(TOOLS)/bin/uv
+	$(UV_COMPILE)
+
+lock-upgrade: $(TOOLS)/bin/uv
+	$(UV_COMPILE) --upgrade
+
+# A fresh clone of the committed tree reruns ingest_ecg + prepare_ecg; the md5s it gets must be
+# those dvc.lock records (dvc.lock unchanged). Uses this .venv and the mirror variables above.
+FRESH ?= $(abspath .fresh-check)
+dvc-fresh-check: setup
+	rm -rf $(FRESH)
+	git clone -q . $(FRESH)
+	cd $(FRESH) && dvc repro --single-item ingest_ecg prepare_ecg
+	git -C $(FRESH) diff --exit-code --stat -- dvc.lock || \
+	  { echo "dvc-fresh-check: ingest_ecg/prepare_ecg outputs differ from dvc.lock (diff above)"; exit 1; }
+	rm -rf $(FRESH)
 
 bench: setup
 	python benchmarks/ecg_data.py
