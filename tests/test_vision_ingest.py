@@ -1,3 +1,4 @@
+import hashlib
 import json
 import zipfile
 
@@ -122,9 +123,12 @@ def test_source_set_cli_reads_zip(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR10_ZIP", str(zpath))
     import yaml
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"vision_pretrain": {"limit_per_class": 5, "epochs": 3, "seed": 2}}))
+        {"vision_source": {"mirror": str(tmp_path / "ignored.zip"), "limit_per_class": 5,
+                           "val_fraction": 0.1, "seed": 2}}))
     ingest.main(["--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "out"),
                  "--source-set", "cifar10"])
     meta = json.loads((tmp_path / "out" / "source_cifar10.json").read_text())
     assert meta["n"] == {"train": 9, "val": 1, "test": 4} and meta["class_names"] == ["cat", "dog"]
     assert np.load(tmp_path / "out" / "source_cifar10.npz")["x_train"].shape == (9, 8, 8, 3)
+    assert meta["source"] == str(zpath) and meta["source_kind"] == "mirror"  # env beats params
+    assert meta["source_sha256"] == hashlib.sha256(zpath.read_bytes()).hexdigest()

@@ -1,16 +1,19 @@
 """Stages ingest_images (one per dataset) and ingest_source_images: images -> data/vision/<dataset>.npz + .json.
 
-    python -m vision.ingest [--dataset NAME]     # params.yaml: vision_data
-    python -m vision.ingest --source-set cifar10 # params.yaml: vision_pretrain
+    python -m vision.ingest --dataset NAME       # params.yaml: vision_data
+    python -m vision.ingest --source-set cifar10 # params.yaml: vision_source
 
 Outputs hold keys x_train,y_train,x_val,y_val,x_test,y_test (uint8 NHWC,
 int64 labels), every split shuffled with the seed (see vision.splits).
 Env MEDMNIST_MIRROR overrides vision_data.mirror; env CIFAR10_ZIP overrides
-vision_pretrain.source_path.
+vision_source.mirror.  Without a mirror, CIFAR-10 is the official python archive
+(downloaded once into ~/.keras/datasets, md5-checked).  The .json records the
+source (path, URL) and its checksum, so a changed mirror shows as a changed output.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,31 +22,35 @@ import numpy as np
 
 from pipeline import io, params
 from vision import medmnist
-from vision.readers import load_image_tree, load_npz
+from vision.readers import load_cifar10_archive, load_image_tree, load_npz
 from vision.splits import finish_splits
 
 OUT_DIR = Path("data/vision")
-CIFAR10_ZIP = "../shared/data/cifar10/cifar10_jpg.zip"
+CIFAR10_ZIP = "../shared/data/cifar10/cifar10_jpg.zip"  # the team's JPEG mirror (Makefile default)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CACHE = Path("~/.keras/datasets")  # where keras.datasets.cifar10 caches the same file
 
 
 @dataclass(frozen=True)
 class VisionDataParams:
-    datasets: tuple[str, ...]
     seed: int
     source: str = "medmnist"  # or "folder:<path>": reads <path>/<dataset> (folder or .zip)
     mirror: str | None = None
     limit: int | None = None
     val_fraction: float = 0.1  # used only where the source has no val split
     test_fraction: float = 0.2  # used only where the source has no test split
+    # Transitional: the list moves to grid.vision.datasets; while present it is checked
+    # (unique, known) and bounds --dataset.  Delete once params.yaml no longer has it.
+    datasets: tuple[str, ...] | None = None
 
     def validate(self) -> None:
-        if not self.datasets or len(set(self.datasets)) != len(self.datasets):
-            raise params.ParamsError(f"'datasets' must be non-empty and unique: {self.datasets}")
-        if self.source == "medmnist":
-            unknown = sorted(set(self.datasets) - set(medmnist.CATALOG))
-            if unknown:
-                raise params.ParamsError(f"'datasets' {unknown} not in {sorted(medmnist.CATALOG)}")
-        elif not self.source.startswith("folder:") or not self.source[7:]:
+        if self.datasets is not None:
+            if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+                raise params.ParamsError(f"'datasets' must be non-empty and unique: {self.datasets}")
+            for name in self.datasets:
+                self.check_name(name, "datasets")
+        if not (self.source == "medmnist" or (self.source.startswith("folder:") and self.source[7:])):
             raise params.ParamsError(f"'source' must be 'medmnist' or 'folder:<path>', got {self.source!r}")
         if self.limit is not None and self.limit < 1:
             raise params.ParamsError(f"'limit' must be null or >= 1, got {self.limit}")
@@ -51,27 +58,24 @@ class VisionDataParams:
                 and self.val_fraction + self.test_fraction < 1):
             raise params.ParamsError("'val_fraction'/'test_fraction' must be >= 0 and sum < 1")
 
+    def check_name(self, name: str, what: str = "--dataset") -> None:
+        if self.source == "medmnist" and name not in medmnist.CATALOG:
+            raise params.ParamsError(f"'{what}': {name!r} is not one of {sorted(medmnist.CATALOG)}")
+
 
 @dataclass(frozen=True)
 class SourceSetParams:
-    """The keys of `vision_pretrain` this module reads (others there are ignored)."""
-    source_path: str = CIFAR10_ZIP
-    limit_per_class: int | None = None
-    seed: int = 0
-    val_fraction: float = 0.1
+    """params.yaml `vision_source` (stage ingest_source_images)."""
+    limit_per_class: int | None  # images per class and split; null = all
+    val_fraction: float          # of the source train split
+    seed: int
+    mirror: str | None = None    # local CIFAR-10 JPEG zip/folder or python .tar.gz; env CIFAR10_ZIP overrides
 
     def validate(self) -> None:
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise params.ParamsError(f"'limit_per_class' must be null or >= 1, got {self.limit_per_class}")
-        if not 0 <= self.val_fraction < 1:
-            raise params.ParamsError(f"'val_fraction' must be in [0, 1), got {self.val_fraction}")
-
-
-def source_set_params(all_params: dict) -> SourceSetParams:
-    section = all_params.get("vision_pretrain") or {}
-    names = SourceSetParams.__dataclass_fields__
-    return params.from_dict(SourceSetParams, {k: v for k, v in section.items() if k in names},
-                            "vision_pretrain")
+        if not 0 < self.val_fraction < 1:
+            raise params.ParamsError(f"'val_fraction' must be in (0, 1), got {self.val_fraction}")
 
 
 def _env_or(name: str, value):
@@ -80,6 +84,7 @@ def _env_or(name: str, value):
 
 def ingest_dataset(name: str, p: VisionDataParams, out_dir: Path | str = OUT_DIR) -> dict:
     """Read one dataset per ``p``, write ``<out_dir>/<name>.npz`` and ``.json``; return the json."""
+    p.check_name(name)
     if p.source == "medmnist":
         mirror = _env_or("MEDMNIST_MIRROR", p.mirror)
         path = medmnist.locate(name, mirror)
@@ -111,25 +116,61 @@ def write_split_set(stem: Path, splits: dict, classes: list[str], *, source: Pat
         "n_per_class": {s: {c: int(k) for c, k in zip(classes, np.bincount(y, minlength=len(classes)))}
                         for s, (_, y) in splits.items()},
         "source": str(source),
-        "source_sha256": io.sha256_file(source) if Path(source).is_file() else None,
+        "source_sha256": source_digest(source),
         **extra,
     }
     arrays = {}
     for s, (x, y) in splits.items():
         arrays[f"x_{s}"], arrays[f"y_{s}"] = x.astype(np.uint8), y.astype(np.int64)
+    remove_stale_parts(stem)
     io.save_npz(stem.with_suffix(".npz"), **arrays)
     io.write_json(stem.with_suffix(".json"), meta)
     return meta
 
 
+def source_digest(source: Path | str) -> str | None:
+    """sha256 of a source file; for a folder, of its sorted (relative path, file sha256) list."""
+    source = Path(source)
+    if source.is_file():
+        return io.sha256_file(source)
+    if source.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in source.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(source).as_posix()}\0{io.sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    return None
+
+
+def remove_stale_parts(stem: Path) -> list[Path]:
+    """Delete temporaries a killed run left beside ``stem.npz``/``stem.json`` (pipeline.io.atomic_path names)."""
+    stale = [p for suffix in (".npz", ".json")
+             for p in stem.parent.glob(f".{stem.name}{suffix}.*.part*")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def cifar10_source(mirror: str | None) -> tuple[Path, dict]:
+    """The mirror if given, else the official archive (downloaded once, md5-checked)."""
+    if mirror:
+        return Path(mirror), {"source_kind": "mirror"}
+    path = medmnist.fetch(CIFAR10_URL, Path(CIFAR10_CACHE).expanduser() / "cifar-10-python.tar.gz",
+                          CIFAR10_MD5)
+    return path, {"source_kind": "download", "source_url": CIFAR10_URL}
+
+
 def prepare_source_set(source_path: Path | str, out_dir: Path | str = OUT_DIR, *,
                        name: str = "cifar10", limit_per_class: int | None = None,
-                       seed: int = 0, val_fraction: float = 0.1) -> dict:
-    """Image tree/zip (e.g. the CIFAR-10 zip) -> ``<out_dir>/source_<name>.npz`` + ``.json``."""
-    raw, classes = load_image_tree(source_path, limit_per_class=limit_per_class, seed=seed)
+                       seed: int = 0, val_fraction: float = 0.1, **extra) -> dict:
+    """Image tree/zip or CIFAR-10 python .tar.gz -> ``<out_dir>/source_<name>.npz`` + ``.json``."""
+    source_path = Path(source_path)
+    if source_path.name.endswith((".tar.gz", ".tgz")):
+        raw, classes = load_cifar10_archive(source_path, limit_per_class=limit_per_class, seed=seed)
+    else:
+        raw, classes = load_image_tree(source_path, limit_per_class=limit_per_class, seed=seed)
     splits = finish_splits(raw, seed=seed, val_fraction=val_fraction, where=str(source_path))
-    return write_split_set(Path(out_dir) / f"source_{name}", splits, classes, source=Path(source_path),
-                           seed=seed, limit_per_class=limit_per_class)
+    return write_split_set(Path(out_dir) / f"source_{name}", splits, classes, source=source_path,
+                           seed=seed, limit_per_class=limit_per_class, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,19 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(params.PARAMS_FILE))
     ap.add_argument("--out-dir", default=str(OUT_DIR))
     ap.add_argument("--source-set", choices=["cifar10"], help="prepare a pretraining source set")
-    ap.add_argument("--dataset", help="ingest only this one of vision_data.datasets (one DVC stage each)")
+    ap.add_argument("--dataset", help="the dataset to ingest (one DVC stage each)")
     args = ap.parse_args(argv)
     if args.source_set:
-        sp = source_set_params(params.read_params(args.params))
-        meta = prepare_source_set(_env_or("CIFAR10_ZIP", sp.source_path), args.out_dir,
-                                  name=args.source_set, limit_per_class=sp.limit_per_class,
-                                  seed=sp.seed, val_fraction=sp.val_fraction)
+        sp = params.load_section("vision_source", SourceSetParams, args.params)
+        path, extra = cifar10_source(_env_or("CIFAR10_ZIP", sp.mirror))
+        meta = prepare_source_set(path, args.out_dir, name=args.source_set,
+                                  limit_per_class=sp.limit_per_class, seed=sp.seed,
+                                  val_fraction=sp.val_fraction, **extra)
         print(f"source_{args.source_set}: {meta['n']} from {meta['source']}")
         return 0
     p = params.load_section("vision_data", VisionDataParams, args.params)
-    if args.dataset is not None and args.dataset not in p.datasets:
-        raise SystemExit(f"--dataset {args.dataset!r} is not in vision_data.datasets {list(p.datasets)}")
-    for name in p.datasets if args.dataset is None else [args.dataset]:
+    if args.dataset is None:
+        if p.datasets is None:
+            raise SystemExit("vision.ingest: give --dataset NAME (or --source-set cifar10)")
+        names = list(p.datasets)
+    else:
+        if p.datasets is not None and args.dataset not in p.datasets:
+            raise SystemExit(f"--dataset {args.dataset!r} is not in vision_data.datasets {list(p.datasets)}")
+        p.check_name(args.dataset)
+        names = [args.dataset]
+    for name in names:
         meta = ingest_dataset(name, p, args.out_dir)
         print(f"{name}: {meta['n']} {meta['image_size']}x{meta['channels']} from {meta['source']}")
     return 0

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io import sha256_file
+from pipeline.io import file_digest
 
 URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 DEFAULT_CACHE = Path("~/.medmnist")  # the medmnist package's own default root
@@ -39,7 +39,7 @@ def info(name: str) -> Info:
 
 
 def md5_file(path: Path | str) -> str:
-    return sha256_file(path, algorithm="md5")
+    return file_digest(path, "md5")
 
 
 def from_mirror(name: str, mirror: Path | str) -> Path:
@@ -57,18 +57,23 @@ def from_mirror(name: str, mirror: Path | str) -> Path:
 
 def download(name: str, cache_dir: Path | str = DEFAULT_CACHE, *, url: str = URL,
              timeout: float = 60.0) -> Path:
-    """Return ``cache_dir/<name>.npz``, downloading it if absent or corrupt.
+    """Return ``cache_dir/<name>.npz``, downloading it if absent or corrupt (see ``fetch``)."""
+    return fetch(url.format(name=name), Path(cache_dir).expanduser() / f"{name}.npz",
+                 info(name).md5, timeout=timeout)
 
-    The download goes to a ``.part`` file renamed only after the md5 matches.
+
+def fetch(source: str, path: Path | str, md5: str, *, timeout: float = 60.0) -> Path:
+    """Return ``path`` holding ``source`` (any urllib URL, file:// included) with the given md5.
+
+    A file already there with that md5 is reused.  The download goes to a
+    ``.part`` file renamed only after the md5 matches; a stale ``.part`` from a
+    killed run is overwritten.
     """
-    expected = info(name).md5
-    cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / f"{name}.npz"
-    if path.is_file() and md5_file(path) == expected:
+    path = Path(path)
+    if path.is_file() and md5_file(path) == md5:
         return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    source = url.format(name=name)
     try:
         with urllib.request.urlopen(source, timeout=timeout) as resp, open(part, "wb") as fh:
             while block := resp.read(1 << 20):
@@ -77,9 +82,9 @@ def download(name: str, cache_dir: Path | str = DEFAULT_CACHE, *, url: str = URL
         part.unlink(missing_ok=True)
         raise OSError(f"cannot download {source} to {path}: {exc}") from None
     actual = md5_file(part)
-    if actual != expected:
+    if actual != md5:
         part.unlink(missing_ok=True)
-        raise OSError(f"{source}: downloaded md5 {actual} != official {expected}; not saved")
+        raise OSError(f"{source}: downloaded md5 {actual} != official {md5}; not saved")
     os.replace(part, path)
     return path
 

@@ -8,13 +8,19 @@ Two layouts are understood:
   float images with max <= 255 as 0..255; both are rounded to uint8.
 * Image-folder trees ``<split>/<class>/*.png|jpg`` (or ``<class>/*`` -> split
   "all"), as a folder or inside a ``.zip`` read in place (``load_image_tree``).
+* The official CIFAR-10 python archive ``cifar-10-python.tar.gz`` (pickled
+  batches; ``load_cifar10_archive``), presented as the same ``<split>/<class>/NNNN``
+  tree so that ``limit_per_class`` picks the same subset as for the JPEG zip.
 
 Errors are ``DataError`` (a ValueError) and always name the file.
 """
 from __future__ import annotations
 
 import io
+import pickle
+import tarfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -56,6 +62,8 @@ def load_npz(path, dataset: str | None = None, *, n_classes: int | None = None,
         if len(labels) != len(images):
             raise DataError(f"{where}: key '{split}_labels' has {len(labels)} rows "
                             f"but '{split}_images' has {len(images)}")
+        if len(labels) == 0:
+            raise DataError(f"{where}: split '{split}' is empty (key '{split}_images' has 0 rows)")
         out[split] = (images, labels)
     if n_classes is None:
         first = out[splits[0]][1]
@@ -115,17 +123,88 @@ def load_image_tree(root_or_zip, *, limit_per_class: int | None = None, seed: in
     All images must share one size.  Grayscale-only trees give 1 channel;
     otherwise everything is RGB.  ``limit_per_class`` keeps a seeded random
     subset of at most that many files per class and split (kept in name order).
+    A truncated or corrupt zip, or a member failing its CRC, is a ``DataError``
+    naming the zip (and the member).
     """
     root = Path(root_or_zip)
-    if root.is_file() and zipfile.is_zipfile(root):
-        with zipfile.ZipFile(root) as zf:
-            names = [n for n in zf.namelist() if _is_image(n)]
-            return _build(root, names, zf.read, limit_per_class, seed)
     if root.is_dir():
         names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         return _build(root, [n for n in names if _is_image(n)],
-                      lambda n: (root / n).read_bytes(), limit_per_class, seed)
-    raise FileNotFoundError(f"{root}: not a folder or a .zip file")
+                      lambda n: _decode(root, n, (root / n).read_bytes()), limit_per_class, seed)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: not found (expected an image folder or a .zip file)")
+    if not zipfile.is_zipfile(root):
+        if root.suffix.lower() == ".zip":
+            raise DataError(f"{root}: truncated or corrupt zip file (no valid zip directory); "
+                            f"fetch it again")
+        raise DataError(f"{root}: not a folder or a .zip file")
+    try:
+        zf = zipfile.ZipFile(root)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{root}: truncated or corrupt zip file: {exc}") from None
+    with zf:
+        names = [n for n in zf.namelist() if _is_image(n)]
+        return _build(root, names, lambda n: _decode(root, n, _read_member(root, zf, n)),
+                      limit_per_class, seed)
+
+
+def _read_member(root: Path, zf: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(f"{root}: corrupt zip member {name}: {exc}; fetch the zip again") from None
+
+
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+def load_cifar10_archive(path, *, limit_per_class: int | None = None, seed: int = 0
+                         ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Like ``load_image_tree`` for the official ``cifar-10-python.tar.gz``.
+
+    Images are numbered per class in batch order (``train/<class>/0000`` ...),
+    as in the JPEG mirror, and ``limit_per_class`` selects by those names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CIFAR-10 archive not found")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            meta = _unpickle(path, tf, "batches.meta")
+            label_names = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
+            for split, batches in CIFAR10_BATCHES.items():
+                counts = [0] * len(label_names)
+                for batch in batches:
+                    d = _unpickle(path, tf, batch)
+                    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                    y = np.asarray(d[b"labels"], dtype=np.int64)
+                    if len(x) != len(y) or (len(y) and (y.min() < 0 or y.max() >= len(label_names))):
+                        raise DataError(f"{path}: member {CIFAR10_DIR}/{batch}: {len(x)} images, "
+                                        f"{len(y)} labels, labels must lie in 0..{len(label_names) - 1}")
+                    for img, label in zip(x, y):
+                        arrays[f"{split}/{label_names[label]}/{counts[label]:04d}"] = img
+                        counts[label] += 1
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataError(f"{path}: truncated or corrupt CIFAR-10 archive: {exc}") from None
+    return _build(path, list(arrays), arrays.__getitem__, limit_per_class, seed)
+
+
+def _unpickle(path: Path, tf: tarfile.TarFile, member: str) -> dict:
+    name = f"{CIFAR10_DIR}/{member}"
+    try:
+        fh = tf.extractfile(name)
+    except KeyError:
+        raise DataError(f"{path}: member {name} missing; not the CIFAR-10 python archive") from None
+    try:
+        with fh:
+            data = pickle.load(fh, encoding="bytes")  # the archive's md5 was checked before
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: member {name} is not a readable pickle: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: member {name} holds {type(data).__name__}, expected a dict")
+    return data
 
 
 def _is_image(name: str) -> bool:
@@ -134,7 +213,8 @@ def _is_image(name: str) -> bool:
     return not hidden and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _build(root: Path, names: list[str], read, limit, seed):
+def _build(root: Path, names: list[str], load, limit, seed):
+    """``load(name)`` -> uint8 HxWxC array; names are ``<split>/<class>/<file>`` or ``<class>/<file>``."""
     if not names:
         raise DataError(f"{root}: no image files ({'/'.join(IMAGE_SUFFIXES)}) found")
     depths = {len(PurePosixPath(n).parts) for n in names}
@@ -153,8 +233,7 @@ def _build(root: Path, names: list[str], read, limit, seed):
         if limit is not None and len(files) > limit:
             files = [files[i] for i in sorted(rng.choice(len(files), limit, replace=False))]
         per_split.setdefault(split, []).extend((f, classes.index(cls)) for f in files)
-    arrays = {split: [_decode(root, f, read(f)) for f, _ in items]
-              for split, items in per_split.items()}
+    arrays = {split: [load(f) for f, _ in items] for split, items in per_split.items()}
     _check_sizes(root, per_split, arrays)
     rgb = any(a.shape[-1] == 3 for imgs in arrays.values() for a in imgs)
     out = {}

@@ -4,7 +4,8 @@ Every split is shuffled with a seeded generator (file order is never trusted:
 the PneumoniaMNIST mirror's train split ends with 826 rows of class 0).
 Missing val/test splits are carved from the front of the shuffled train (or
 "all") split by fraction; carving is random, not stratified.  ``limit`` then
-keeps at most that many rows of each split (a smoke-run subset).
+keeps at most that many rows of each split (a smoke-run subset).  An empty
+split is an error naming the source and the split: nothing downstream can use it.
 """
 from __future__ import annotations
 
@@ -43,4 +44,8 @@ def finish_splits(splits: dict, *, seed: int, limit: int | None = None,
     shuffled["train"] = (x, y)
     if limit is not None:
         shuffled = {k: (a[:limit], b[:limit]) for k, (a, b) in shuffled.items()}
+    counts = {k: len(shuffled[k][1]) for k in SPLITS}
+    empty = [k for k, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(f"{where}: split '{empty[0]}' is empty (rows per split: {counts})")
     return {k: shuffled[k] for k in SPLITS}
