@@ -1,7 +1,8 @@
 """Report pages in a real browser: Debian's chromium, headless, opened from disk.
 
-Chromium is /usr/bin/chromium (or on PATH); when absent the test installs it with
-`apt-get install -y chromium` if it runs as root with apt (CI on Debian), else it skips.
+Chromium is /usr/bin/chromium (or `chromium` on PATH). Tests never install system packages:
+`make test` / `make browser` (and so .ci/run) install Debian's chromium when it is missing;
+without it these tests skip, saying so.
 Each page is loaded with --dump-dom: the page's own script marks <body> once loaded
 (data-report-ready, data-broken-images, data-problems = script errors + blocked fetches),
 and --enable-logging=stderr prints every console message, of which there must be none.
@@ -30,26 +31,12 @@ def _find() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
 
-def _install() -> None:
-    install = ["apt-get", "install", "-y", "chromium"]
-    for cmd in (install, ["apt-get", "update"], install):  # the package lists may be empty at first
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if done.returncode == 0 and cmd[1] == "install":
-            return
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
     found = _find()
-    can_install = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")
-    if found is None and can_install:
-        _install()
-        found = _find()
     if found is None:
-        pytest.skip("chromium not found at /usr/bin/chromium; " + (
-            "`apt-get install -y chromium` failed" if can_install
-            else "not root with apt-get, so not installing it (run `apt-get install -y chromium`)"))
+        pytest.skip("chromium not found (neither /usr/bin/chromium nor `chromium` on PATH); "
+                    "install it with `make browser` (as root: apt-get install -y chromium)")
     return found
 
 
