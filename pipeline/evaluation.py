@@ -61,19 +61,6 @@ def macro_f1_from_confusion(cm, classes):
     return float(np.mean(f1s)) if f1s else None
 
 
-def per_class(y_true, y_pred, class_names, n_classes=None) -> dict:
-    """name -> {se, ppv, f1, spec, n} for class indices 0..len(class_names)-1.
-
-    n_classes (default len(class_names)) may be larger, e.g. when an unnamed
-    extra label exists; such labels still count as negatives / errors.
-    """
-    n_classes = len(class_names) if n_classes is None else n_classes
-    if n_classes < len(class_names):
-        raise ValueError(f"n_classes={n_classes} < {len(class_names)} class names")
-    cm = confusion(y_true, y_pred, n_classes)
-    return {name: class_metrics(cm, k) for k, name in enumerate(class_names)}
-
-
 def macro_f1(y_true, y_pred, classes):
     """Mean F1 over the class indices `classes` (None-F1 classes skipped, see module doc)."""
     y_true, y_pred = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
