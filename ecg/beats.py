@@ -51,10 +51,42 @@ def resample(sig: np.ndarray, samples: np.ndarray, fs_in: float, fs_out: int):
     return out, np.clip(pos, 0, len(out) - 1)
 
 
+def sosfilt_zi(sos: np.ndarray) -> np.ndarray:
+    """scipy.signal.sosfilt_zi in closed form for second-order sections, without LAPACK.
+
+    scipy solves a 2x2 system per section with np.linalg.solve, whose last bits depend on the
+    OpenBLAS kernel picked at run time for the CPU (SkylakeX vs Haswell/Zen gave different
+    beats.npz bytes). The closed form uses only IEEE +-*/, so every machine gets the same bits.
+    """
+    zi = np.empty((len(sos), 2))
+    scale = 1.0
+    for k, section in enumerate(np.asarray(sos, dtype=np.float64)):
+        b, a = section[:3] / section[3], section[3:] / section[3]
+        # lfilter_zi: (I - companion(a).T) @ z = b[1:] - a[1:] * b[0], solved by hand for n = 2.
+        r0, r1 = b[1] - a[1] * b[0], b[2] - a[2] * b[0]
+        z0 = (r0 + r1) / (1.0 + a[1] + a[2])
+        zi[k] = scale * z0, scale * (r1 - a[2] * z0)
+        scale *= b.sum() / a.sum()
+    return zi
+
+
+def sosfiltfilt(sos: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """scipy.signal.sosfiltfilt (odd padding, default pad length) with the BLAS-free sosfilt_zi above."""
+    ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    edge = 3 * ntaps
+    if len(sig) <= edge:
+        raise ValueError(f"signal of {len(sig)} samples is too short for the filter padding ({edge})")
+    ext = np.concatenate([2 * sig[:1] - sig[edge:0:-1], sig, 2 * sig[-1:] - sig[-2:-edge - 2:-1]])
+    zi = sosfilt_zi(sos)
+    y, _ = sps.sosfilt(sos, ext, zi=zi * ext[:1])
+    y, _ = sps.sosfilt(sos, y[::-1], zi=zi * y[-1:])
+    return y[::-1][edge:-edge]
+
+
 def bandpass(sig: np.ndarray, fs: int, band, order: int) -> np.ndarray:
     """Zero-phase Butterworth band-pass: removes baseline wander (low) and muscle/mains noise (high)."""
     sos = sps.butter(order, band, btype="bandpass", fs=fs, output="sos")
-    return sps.sosfiltfilt(sos, sig)
+    return sosfiltfilt(sos, sig)
 
 
 def rr_features(beat_samples: np.ndarray, fs: int, local_beats: int) -> np.ndarray:

@@ -32,7 +32,7 @@ def balanced_folds(counts: dict[int, np.ndarray], n_folds: int) -> dict[int, lis
     folds: dict[int, list[int]] = {k: [] for k in range(n_folds)}
     for rec in order:
         share = counts[rec] / totals
-        cost = load @ share + 1e-9 * sizes
+        cost = (load * share).sum(axis=1) + 1e-9 * sizes  # no BLAS: same bits on every CPU
         k = int(np.argmin(cost))
         load[k] += share
         sizes[k] += 1
