@@ -132,3 +132,112 @@ def test_source_set_cli_reads_zip(tmp_path, monkeypatch):
     assert np.load(tmp_path / "out" / "source_cifar10.npz")["x_train"].shape == (9, 8, 8, 3)
     assert meta["source"] == str(zpath) and meta["source_kind"] == "mirror"  # env beats params
     assert meta["source_sha256"] == hashlib.sha256(zpath.read_bytes()).hexdigest()
+
+
+CIFAR_CLASSES = ("cat", "dog", "ant")  # deliberately not sorted: labels follow sorted names
+
+
+def cifar_arrays(n_train_batch=4, n_test=5):
+    """{member: (images NHWC uint8, labels)}; pixel (0,0) R = running index, G = label."""
+    out, k = {}, 0
+    for member, n in [(f"data_batch_{i}", n_train_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        x = np.zeros((n, 32, 32, 3), np.uint8)
+        y = np.arange(k, k + n) % len(CIFAR_CLASSES)
+        x[:, 0, 0, 0] = np.arange(k, k + n)
+        x[:, 0, 0, 1] = y
+        x[:, 5, 7, 2] = 200  # an asymmetric pixel: catches a wrong transpose
+        out[member] = (x, y)
+        k += n
+    return out
+
+
+def fake_cifar_archive(path, arrays=None):
+    """A tiny cifar-10-python.tar.gz with the official layout (pickled dicts, bytes keys, CHW rows)."""
+    import io as _io
+    import pickle
+    import tarfile
+    arrays = arrays or cifar_arrays()
+    with tarfile.open(path, "w:gz") as tf:
+        def add(name, obj):
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, _io.BytesIO(blob))
+        add("batches.meta", {b"label_names": [c.encode() for c in CIFAR_CLASSES]})
+        for member, (x, y) in arrays.items():
+            add(member, {b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"labels": list(map(int, y)),
+                         b"batch_label": member.encode()})
+    return path
+
+
+def cifar_as_png_zip(path, arrays):
+    """The same images as a train/<class>/NNNN.png zip (lossless), numbered per class in batch order."""
+    import io as _io
+    counts = {}
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, (x, y) in arrays.items():
+            split = "test" if member == "test_batch" else "train"
+            for img, label in zip(x, y):
+                cls = CIFAR_CLASSES[label]
+                i = counts.setdefault((split, cls), 0)
+                counts[(split, cls)] += 1
+                buf = _io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                zf.writestr(f"{split}/{cls}/{i:04d}.png", buf.getvalue())
+    return path
+
+
+def write_source_params(tmp_path, **section):
+    import yaml
+    body = {"vision_source": {"mirror": None, "limit_per_class": 3, "val_fraction": 0.2, "seed": 1, **section}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_cifar_default_downloads_official_archive(tmp_path, monkeypatch):
+    """mirror null, no CIFAR10_ZIP: the md5-checked download path (served from a file:// URL)."""
+    monkeypatch.delenv("CIFAR10_ZIP", raising=False)
+    (tmp_path / "served").mkdir()
+    served = fake_cifar_archive(tmp_path / "served" / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(ingest, "CIFAR10_URL", served.as_uri())
+    monkeypatch.setattr(ingest, "CIFAR10_MD5", medmnist.md5_file(served))
+    monkeypatch.setattr(ingest, "CIFAR10_CACHE", tmp_path / "cache")
+    out = tmp_path / "out"
+    assert ingest.main(["--params", str(write_source_params(tmp_path)), "--out-dir", str(out),
+                        "--source-set", "cifar10"]) == 0
+    cached = tmp_path / "cache" / "cifar-10-python.tar.gz"
+    assert cached.read_bytes() == served.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no .part left
+    meta = json.loads((out / "source_cifar10.json").read_text())
+    assert meta["class_names"] == ["ant", "cat", "dog"]
+    assert meta["source_kind"] == "download" and meta["source_url"] == served.as_uri()
+    assert meta["source"] == str(cached) and meta["source_sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+    data = np.load(out / "source_cifar10.npz")
+    # 20 train images, 3 classes -> <=3 per class kept = 9; val 0.2 of 9 -> 2; test: 5 images, <=3 per class
+    assert (len(data["y_train"]), len(data["y_val"]), len(data["y_test"])) == (7, 2, 5)
+    x, y = data["x_train"], data["y_train"]
+    assert x.shape[1:] == (32, 32, 3) and (x[:, 5, 7, 2] == 200).all() and (x[:, 7, 5, 2] == 0).all()
+    names = np.array(CIFAR_CLASSES)[x[:, 0, 0, 1]]  # the label the archive gave each image ...
+    assert (names == np.array(meta["class_names"])[y]).all()  # ... is the one written
+    # a second run reuses the cached, verified file (the URL is gone)
+    served.unlink()
+    assert ingest.main(["--params", str(write_source_params(tmp_path)), "--out-dir", str(tmp_path / "o2"),
+                        "--source-set", "cifar10"]) == 0
+    assert (tmp_path / "o2" / "source_cifar10.npz").read_bytes() == (out / "source_cifar10.npz").read_bytes()
+
+
+def test_cifar_archive_and_image_zip_give_the_same_subset(tmp_path, monkeypatch):
+    """The official archive and a lossless image zip of it select and order the same images."""
+    arrays = cifar_arrays()
+    tgz = fake_cifar_archive(tmp_path / "cifar-10-python.tar.gz", arrays)
+    zpath = cifar_as_png_zip(tmp_path / "cifar_png.zip", arrays)
+    outs = {}
+    for label, src in (("tgz", tgz), ("zip", zpath)):
+        monkeypatch.setenv("CIFAR10_ZIP", str(src))
+        ingest.main(["--params", str(write_source_params(tmp_path)), "--out-dir", str(tmp_path / label),
+                     "--source-set", "cifar10"])
+        outs[label] = np.load(tmp_path / label / "source_cifar10.npz")
+    for key in outs["tgz"].files:
+        np.testing.assert_array_equal(outs["tgz"][key], outs["zip"][key], err_msg=key)
+    assert len(outs["tgz"]["y_train"]) == 7

@@ -55,6 +55,8 @@ def test_load_npz_float_images(tmp_path):
     ({"val_labels": np.zeros((3, 2), np.int64)}, "val_labels", "(n,1)"),
     ({"train_labels": np.zeros(6, np.float32)}, "train_labels", "integers"),
     ({"train_images": np.full((6, 4, 4), 300.0)}, "train_images", "[0,1] or [0,255]"),
+    ({"val_images": np.zeros((0, 5, 5), np.uint8), "val_labels": np.zeros((0, 1), np.int64)},
+     "'val'", "is empty"),
 ])
 def test_load_npz_errors_name_file_and_key(tmp_path, override, key, fragment):
     path = write_npz(tmp_path / "bad.npz", **override)
