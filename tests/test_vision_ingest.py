@@ -241,3 +241,19 @@ def test_cifar_archive_and_image_zip_give_the_same_subset(tmp_path, monkeypatch)
     for key in outs["tgz"].files:
         np.testing.assert_array_equal(outs["tgz"][key], outs["zip"][key], err_msg=key)
     assert len(outs["tgz"]["y_train"]) == 7
+
+
+def test_medmnist_default_downloads_and_records_url(tmp_path, monkeypatch):
+    """mirror null, no MEDMNIST_MIRROR: the verified download (file:// URL); the json records the URL."""
+    monkeypatch.delenv("MEDMNIST_MIRROR", raising=False)
+    (tmp_path / "served").mkdir()
+    served = fake_medmnist(tmp_path / "served" / "breastmnist.npz")
+    monkeypatch.setattr(medmnist, "URL", (tmp_path / "served").as_uri() + "/{name}.npz")
+    monkeypatch.setattr(medmnist, "DEFAULT_CACHE", tmp_path / "cache")
+    info = medmnist.Info(medmnist.md5_file(served), medmnist.info("breastmnist").class_names)
+    monkeypatch.setitem(medmnist.CATALOG, "breastmnist", info)
+    assert ingest.main(["--params", str(write_params(tmp_path)), "--out-dir", str(tmp_path / "out"),
+                        "--dataset", "breastmnist"]) == 0
+    meta = json.loads((tmp_path / "out" / "breastmnist.json").read_text())
+    assert meta["source"] == str(tmp_path / "cache" / "breastmnist.npz")
+    assert meta["source_url"] == served.as_uri() and meta["md5_matches_official"] is True

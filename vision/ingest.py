@@ -91,6 +91,8 @@ def ingest_dataset(name: str, p: VisionDataParams, out_dir: Path | str = OUT_DIR
         classes = list(medmnist.info(name).class_names)
         raw = load_npz(path, name, n_classes=len(classes))
         extra = {"md5_matches_official": medmnist.md5_file(path) == medmnist.info(name).md5}
+        if mirror is None:
+            extra["source_url"] = medmnist.URL.format(name=name)
     else:
         base = Path(p.source[len("folder:"):])
         path = base / f"{name}.zip" if (base / f"{name}.zip").is_file() else base / name

@@ -55,10 +55,12 @@ def from_mirror(name: str, mirror: Path | str) -> Path:
     return path
 
 
-def download(name: str, cache_dir: Path | str = DEFAULT_CACHE, *, url: str = URL,
+def download(name: str, cache_dir: Path | str | None = None, *, url: str | None = None,
              timeout: float = 60.0) -> Path:
-    """Return ``cache_dir/<name>.npz``, downloading it if absent or corrupt (see ``fetch``)."""
-    return fetch(url.format(name=name), Path(cache_dir).expanduser() / f"{name}.npz",
+    """Return ``cache_dir/<name>.npz`` (default DEFAULT_CACHE), downloading it from ``url``
+    (default URL) if absent or corrupt (see ``fetch``)."""
+    cache_dir = DEFAULT_CACHE if cache_dir is None else cache_dir
+    return fetch((url or URL).format(name=name), Path(cache_dir).expanduser() / f"{name}.npz",
                  info(name).md5, timeout=timeout)
 
 
@@ -89,6 +91,6 @@ def fetch(source: str, path: Path | str, md5: str, *, timeout: float = 60.0) -> 
     return path
 
 
-def locate(name: str, mirror: Path | str | None, cache_dir: Path | str = DEFAULT_CACHE) -> Path:
+def locate(name: str, mirror: Path | str | None, cache_dir: Path | str | None = None) -> Path:
     """Mirror file if a mirror is given, else the verified official download."""
     return from_mirror(name, mirror) if mirror is not None else download(name, cache_dir)
