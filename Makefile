@@ -72,7 +72,7 @@ browser:
 UV_VERSION := 0.13.9
 TOOLS := .venv-tools
 UV_COMPILE = $(TOOLS)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
-	--python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock" -o $(LOCK)
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock" -q -o $(LOCK)
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
