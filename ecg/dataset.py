@@ -62,12 +62,21 @@ def load_inputs(data_dir: Path | str, channels):
     return arrays, meta
 
 
+def score_indices(meta: dict) -> tuple[int, ...]:
+    """Indices of the classes scored in macro-F1, as prepare wrote them to meta.json."""
+    if "score_classes" not in meta:
+        raise KeyError("meta.json has no 'score_classes'; rerun the prepare_ecg stage")
+    unknown = [c for c in meta["score_classes"] if c not in meta["classes"]]
+    if unknown:
+        raise ValueError(f"meta.json: score_classes {unknown} are not among classes {meta['classes']}")
+    return tuple(meta["classes"].index(c) for c in meta["score_classes"])
+
+
 def select(arrays: dict, mask: np.ndarray, limit: int | None = None, seed: int = 0) -> Beats:
     idx = np.flatnonzero(mask)
     if limit is not None and len(idx) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
-    beat = arrays["beat"][idx] if "beat" in arrays else arrays["x"][idx, :, None]
-    return Beats({"beat": beat, "rr": arrays["rr"][idx]},
+    return Beats({"beat": arrays["beat"][idx], "rr": arrays["rr"][idx]},
                  arrays["y"][idx].astype(np.int64), arrays["record"][idx], arrays["sample"][idx])
 
 

@@ -1,18 +1,15 @@
 """Stage train_ecg: train one (model, loss) by patient-wise cross-validation inside DS1.
 
 For each validation fold k, a model is trained on the other DS1 folds, with early stopping and
-checkpoint choice on macro-F1 (N, S, V, F) of fold k's records. The saved model averages the
-fold models; the out-of-fold (OOF) predictions cover every DS1 beat with a model that never
-saw its patient, and serve model selection and temperature fitting. DS2 is never read here.
+checkpoint choice on macro-F1 (over meta.json's score_classes) of fold k's records. The saved
+model averages the fold models; the out-of-fold (OOF) predictions cover every DS1 beat with a
+model that never saw its patient, and serve model selection and temperature fitting. DS2 is
+never read here. Each fold is a nested MLflow run with live per-epoch curves.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -21,16 +18,10 @@ import numpy as np
 from ecg import dataset, models, train_config
 from pipeline import device, tracking
 from pipeline.evaluation import macro_f1
-from pipeline.io import atomic_path, save_npz, write_json
-from pipeline.losses import make_loss
+from pipeline.io import atomic_path, fingerprint, save_npz, write_json
+from pipeline.losses import LOSSES, loss_from_params
+from pipeline.stage import run_args
 from pipeline.training import fit, predict_probs
-
-SCORE_CLASSES = (0, 1, 2, 3)  # N, S, V, F: Q (a handful of beats) is left out of macro-F1
-
-
-def fingerprint(cfg, model: str, loss: str, fold: int, meta: dict) -> str:
-    blob = json.dumps([asdict(cfg), model, loss, fold, meta["beats_sha256"]], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def ensemble(members, name: str):
@@ -44,37 +35,60 @@ def ensemble(members, name: str):
     return keras.Model(inputs, keras.layers.Average(name="mean_probs")(outs), name=name)
 
 
+def data_params(meta: dict) -> dict:
+    """What the model was trained on, as MLflow params: records, leads, rate, window."""
+    return {"data.database": meta["database"], "data.records": sorted(meta["leads"], key=int),
+            "data.leads": sorted(set(meta["leads"].values())), "data.fs": meta["fs"],
+            "data.window_ms": meta["window_ms"], "data.window_samples": meta["window_samples"],
+            "data.bandpass_hz": meta["bandpass_hz"], "data.classes": meta["classes"],
+            "data.score_classes": meta["score_classes"], "data.sha256": meta["beats_sha256"]}
+
+
 def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, ckpt_dir: Path) -> dict:
     arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
+    score = dataset.score_indices(meta)
     n_classes = len(meta["classes"])
     policy = device.configure(cfg.mixed_precision)
     kwargs = cfg.model_kwargs(model_name)
     shape = (meta["window_samples"], len(meta["rr_features"]), n_classes)
-    info = models.build(model_name, *shape, **kwargs)[1]
-    info["receptive_field_ms"] = 1000.0 * info["receptive_field_samples"] / meta["fs"]
+    run_cfg = cfg.run_config(model_name, loss_name)
     folds = dataset.cv_folds(arrays, cfg.val_folds)
-    print(f"{name_of(model_name, loss_name)}: {info['params']:,} params per fold model, receptive field "
-          f"{info['receptive_field_samples']} samples ({info['receptive_field_ms']:.0f} ms), folds {folds}, "
-          f"precision policy {policy}", flush=True)
-    members, histories, oof_parts = [], {}, []
-    for fold in folds:
-        tr, va, _ = dataset.splits(arrays, [fold], cfg.limit_beats, cfg.seed)
-        counts = np.bincount(tr.y, minlength=n_classes)
-        alpha = cfg.alpha if isinstance(cfg.alpha, str) else list(cfg.alpha)
-        loss = make_loss(loss_name, class_counts=counts, alpha=alpha, gamma=cfg.gamma,
-                         label_smoothing=cfg.label_smoothing)
-        print(f"fold {fold}: train {len(tr.y)} beats {counts.tolist()}, validation records {sorted(set(va.record.tolist()))}",
-              flush=True)
-        best, state = fit(lambda: models.build(model_name, *shape, **kwargs)[0], loss, (tr.x, tr.y), (va.x, va.y),
-                          SCORE_CLASSES, cfg.fit, ckpt_dir / f"fold{fold}",
-                          fingerprint(cfg, model_name, loss_name, fold, meta), seed=cfg.seed + fold)
-        members.append(best)
-        histories[str(fold)] = {"history": state["history"], "best_epoch": state["best_epoch"],
-                                "val_macro_f1": state["best"], "epochs_run": state["epoch"]}
-        oof_parts.append((va, predict_probs(best, va.x)))
-    y_oof = np.concatenate([va.y for va, _ in oof_parts])
-    p_oof = np.concatenate([p for _, p in oof_parts])
-    oof_f1 = macro_f1(y_oof, p_oof.argmax(axis=1), SCORE_CLASSES)
+    name = name_of(model_name, loss_name)
+    members, histories, oof_parts, info = [], {}, [], None
+    with tracking.run("ecg", name) as mlflow:
+        tracking.log_params(mlflow, {"model": model_name, "loss": loss_name, **run_cfg, **data_params(meta)})
+        tracking.log_dataset(mlflow, data_dir / "beats.npz", meta["beats_sha256"], f"{meta['database']}-beats",
+                             "training", arrays["rr"][arrays["split"] == 0], arrays["y"][arrays["split"] == 0])
+        parent_id = mlflow.active_run().info.run_id
+        for fold in folds:
+            tr, va, _ = dataset.splits(arrays, [fold], cfg.limit_beats, cfg.seed)
+            counts = np.bincount(tr.y, minlength=n_classes)
+            loss = loss_from_params(loss_name, cfg.loss, class_counts=counts)
+            print(f"{name} fold {fold}: train {len(tr.y)} beats {counts.tolist()}, validation records "
+                  f"{sorted(set(va.record.tolist()))}", flush=True)
+
+            def build():
+                model, model_info = models.build(model_name, *shape, **kwargs)
+                nonlocal info
+                info = info or model_info
+                return model
+
+            with tracking.phase_run("ecg", f"{name} fold {fold}") as callbacks:
+                best, state = fit(build, loss, (tr.x, tr.y), (va.x, va.y), score, cfg.fit, ckpt_dir / f"fold{fold}",
+                                  fingerprint(run_cfg, fold, meta["beats_sha256"]), seed=cfg.seed + fold,
+                                  callbacks=callbacks)
+            members.append(best)
+            histories[str(fold)] = {"history": state["history"], "best_epoch": state["best_epoch"],
+                                    "val_macro_f1": state["best"], "epochs_run": state["epoch"]}
+            oof_parts.append((va, predict_probs(best, va.x)))
+        if info is None:  # every fold resumed from a finished checkpoint: describe the model without training
+            info = models.build(model_name, *shape, **kwargs)[1]
+        info["receptive_field_ms"] = 1000.0 * info["receptive_field_samples"] / meta["fs"]
+        y_oof = np.concatenate([va.y for va, _ in oof_parts])
+        p_oof = np.concatenate([p for _, p in oof_parts])
+        oof_f1 = macro_f1(y_oof, p_oof.argmax(axis=1), score)
+        tracking.log_params(mlflow, {f"model_info.{k}": v for k, v in info.items()})
+        mlflow.log_metric("val_macro_f1", oof_f1)
     model = ensemble(members, f"{model_name}_cv{len(members)}")
     with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
@@ -82,15 +96,13 @@ def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, c
     record = {"model": model_name, "loss": loss_name, "model_info": info, "folds": histories,
               "history": histories[str(folds[0])]["history"], "val_macro_f1": oof_f1,
               "val_records": sorted({int(r) for va, _ in oof_parts for r in va.record}),
-              "precision_policy": policy, "params": asdict(cfg), "data_sha256": meta["beats_sha256"]}
-    with tracking.run("ecg", name_of(model_name, loss_name)) as mlflow:
-        tracking.log_params(mlflow, {"model": model_name, "loss": loss_name, **asdict(cfg), **info,
-                                     "data_sha256": meta["beats_sha256"]})
-        tracking.log_history(mlflow, record["history"])
-        mlflow.log_metric("val_macro_f1", oof_f1)
-        record["mlflow_run_id"] = mlflow.active_run().info.run_id
+              "precision_policy": policy, "config": run_cfg, "channels": list(cfg.channels),
+              "limit_beats": cfg.limit_beats, "seed": cfg.seed, "data_sha256": meta["beats_sha256"],
+              "mlflow_run_id": parent_id}
     write_json(out_dir / "train.json", record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
+    print(f"{name}: {info['params']:,} params per fold model, receptive field {info['receptive_field_samples']} "
+          f"samples ({info['receptive_field_ms']:.0f} ms), folds {folds}, precision policy {policy}", flush=True)
     return record
 
 
@@ -99,12 +111,7 @@ def name_of(model: str, loss: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--loss", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", default="data/ecg")
-    args = ap.parse_args(argv)
+    args = run_args(__doc__, {"model": models.MODELS, "loss": LOSSES}, data="data/ecg", argv=argv)
     cfg = train_config.load(args.params)
     name = name_of(args.model, args.loss)
     record = train(args.model, args.loss, cfg, Path(args.data), Path("artifacts/ecg") / name,

@@ -1,12 +1,17 @@
-"""Typed params for ECG training and evaluation (params.yaml section `ecg_train`)."""
+"""Typed params for ECG training (params.yaml section `ecg_train`).
+
+The (model, loss) runs come from `grid.ecg`; a run reads the shared keys, its model's section
+and its loss's section only (`run_config`), and dvc.yaml lists exactly those keys.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
+from pipeline.losses import LossParams
 from pipeline.params import ParamsError, load_section
 from pipeline.training import FitConfig
 
-LOSSES = ("ce", "weighted_ce", "focal")
+SHARED_KEYS = ("seed", "channels", "val_folds", "fit", "augment", "mixed_precision", "limit_beats")
 
 
 @dataclass(frozen=True)
@@ -31,38 +36,38 @@ class AugmentArgs:
 
 @dataclass(frozen=True)
 class EcgTrain:
-    models: tuple[str, ...] = ("lenet1d", "dilated1d")
-    channels: tuple[str, ...] = ("record_scaled", "record_deviation")
-    losses: tuple[str, ...] = ("ce", "focal")
     seed: int = 42
+    channels: tuple[str, ...] = ("record_scaled", "record_deviation")
     val_folds: str | tuple[int, ...] = "all"
-    alpha: str | tuple[float, ...] = "sqrt_inverse"
-    gamma: float = 2.0
-    label_smoothing: float = 0.0
     fit: FitConfig = field(default_factory=FitConfig)
-    lenet1d: LenetArgs = field(default_factory=LenetArgs)
-    dilated1d: DilatedArgs = field(default_factory=DilatedArgs)
     augment: AugmentArgs | None = field(default_factory=AugmentArgs)
     mixed_precision: str = "auto"
     limit_beats: int | None = None  # subsample each split (smoke runs); null = all beats
-    bootstrap: int = 1000
-    ece_bins: int = 15
+    lenet1d: LenetArgs = field(default_factory=LenetArgs)
+    dilated1d: DilatedArgs = field(default_factory=DilatedArgs)
+    loss: LossParams = field(default_factory=LossParams)
 
     def validate(self) -> None:
-        bad = [x for x in self.losses if x not in LOSSES]
-        if bad:
-            raise ParamsError(f"losses: unknown {bad}; valid: {list(LOSSES)}")
-        if self.gamma < 0 or not 0 <= self.label_smoothing < 1:
-            raise ParamsError("gamma must be >= 0 and label_smoothing in [0, 1)")
         if self.mixed_precision not in ("auto", "on", "off"):
             raise ParamsError(f"mixed_precision: one of auto/on/off, got {self.mixed_precision!r}")
         if self.val_folds != "all" and (isinstance(self.val_folds, str) or not self.val_folds):
             raise ParamsError(f"val_folds: 'all' or a non-empty list of folds, got {self.val_folds!r}")
+        if self.limit_beats is not None and self.limit_beats < 1:
+            raise ParamsError(f"limit_beats: null or >= 1, got {self.limit_beats}")
 
     def model_kwargs(self, name: str) -> dict:
         args = getattr(self, name, None)
-        return {**(dict(vars(args)) if args is not None else {}), "channels": len(self.channels),
-                "augment": dict(vars(self.augment)) if self.augment is not None else None}
+        return {**(asdict(args) if args is not None else {}), "channels": len(self.channels),
+                "augment": asdict(self.augment) if self.augment is not None else None}
+
+    def run_config(self, model: str, loss: str) -> dict:
+        """Exactly the knobs one (model, loss) run reads: its provenance and resume fingerprint."""
+        return {**{k: _plain(getattr(self, k)) for k in SHARED_KEYS}, "model": model, model: _plain(getattr(self, model, None)),
+                "loss": loss, "loss_args": asdict(self.loss.of(loss))}
+
+
+def _plain(value):
+    return asdict(value) if is_dataclass(value) else value
 
 
 def load(path="params.yaml") -> EcgTrain:

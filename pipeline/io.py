@@ -70,9 +70,20 @@ def read_json(path: Path | str):
         raise ValueError(f"{path}: malformed JSON: {exc}") from None
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+def file_digest(path: Path | str, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes with `algorithm` (hashlib name: sha256, md5, ...)."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    return file_digest(path, "sha256")
+
+
+def fingerprint(*parts) -> str:
+    """Short stable hash of JSON-able parts (dataclasses via asdict first): resume and cache keys."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -13,9 +13,13 @@ but finite weight.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 import keras
 import numpy as np
 from keras import ops
+
+from pipeline.params import ParamsError
 
 LOSSES = ("ce", "weighted_ce", "focal")
 SCHEMES = ("none", "inverse", "sqrt_inverse")
@@ -78,6 +82,58 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         config = super().get_config()
         config.update(weights=self.weights, label_smoothing=self.label_smoothing)
         return config
+
+
+@dataclass(frozen=True)
+class CeArgs:
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ParamsError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class WeightedCeArgs(CeArgs):
+    alpha: str | tuple[float, ...] = "sqrt_inverse"  # a class_weights scheme or one weight per class
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.alpha, str) and self.alpha not in SCHEMES:
+            raise ParamsError(f"alpha: one of {list(SCHEMES)} or a list of per-class weights, got {self.alpha!r}")
+        if not isinstance(self.alpha, str) and any(a < 0 for a in self.alpha):
+            raise ParamsError(f"alpha: weights must be >= 0, got {list(self.alpha)}")
+
+
+@dataclass(frozen=True)
+class FocalArgs(WeightedCeArgs):
+    gamma: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gamma < 0:
+            raise ParamsError(f"gamma must be >= 0, got {self.gamma}")
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """The `loss` sub-section of a training section: one entry of knobs per loss name."""
+    ce: CeArgs = field(default_factory=CeArgs)
+    weighted_ce: WeightedCeArgs = field(default_factory=WeightedCeArgs)
+    focal: FocalArgs = field(default_factory=FocalArgs)
+
+    def of(self, name: str):
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        return getattr(self, name)
+
+
+def loss_from_params(name: str, params: LossParams, class_counts=None):
+    """The Keras loss `name` built with its own knobs from params (see LossParams)."""
+    kwargs = asdict(params.of(name))
+    if isinstance(kwargs.get("alpha"), tuple):
+        kwargs["alpha"] = list(kwargs["alpha"])
+    return make_loss(name, class_counts=class_counts, **kwargs)
 
 
 def make_loss(name, *, class_counts=None, alpha="sqrt_inverse", gamma=2.0, label_smoothing=0.0):

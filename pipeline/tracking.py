@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 
 PIP_REQUIREMENTS = ["keras>=3.3", "tensorflow>=2.16", "numpy"]
@@ -37,9 +38,34 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def code_version() -> dict:
+    """Where a run comes from: the DVC experiment name (set by `dvc exp run`) and the git revision."""
+    out = {"dvc_exp": os.environ.get("DVC_EXP_NAME") or None, "git_rev": None, "git_dirty": None}
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0:
+            out["git_rev"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10)
+            out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def run_label(name: str, version: dict | None = None) -> str:
+    """'<run> @ <dvc experiment or git revision>', so runs of one (model, loss) can be told apart."""
+    version = version or code_version()
+    where = version["dvc_exp"] or (version["git_rev"] and version["git_rev"] + ("+dirty" if version["git_dirty"] else ""))
+    return f"{name} @ {where}" if where else name
+
+
 @contextlib.contextmanager
-def run(experiment: str, run_name: str, run_id: str | None = None):
-    """Start a new run, or reopen `run_id` if it exists in this store; yields the mlflow module."""
+def run(experiment: str, run_name: str, run_id: str | None = None, nested: bool = False):
+    """Start a new run, or reopen `run_id` if it exists in this store; yields the mlflow module.
+
+    New runs are named `run_label(run_name)` and tagged with the DVC experiment and git revision.
+    """
     mlflow = _mlflow()
     mlflow.set_experiment(experiment)
     if run_id is not None:
@@ -47,8 +73,32 @@ def run(experiment: str, run_name: str, run_id: str | None = None):
             mlflow.get_run(run_id)
         except Exception:
             run_id = None  # another store (fresh clone): start a new run
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name):
+    version = code_version()
+    tags = None if run_id else {"pipeline.run": run_name, **{f"pipeline.{k}": str(v) for k, v in version.items()
+                                                             if v is not None}}
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_label(run_name, version),
+                          nested=nested, tags=tags):
         yield mlflow
+
+
+def log_dataset(mlflow, path: Path | str, digest: str, name: str, context: str, features, targets=None) -> None:
+    """Record a prepared data file as an MLflow dataset input (source path, content digest, schema)."""
+    dataset = mlflow.data.from_numpy(features, source=str(Path(path).resolve()), targets=targets, name=name,
+                                     digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def epoch_logger():
+    """MLflow's Keras callback: per-epoch curves appear live in the active run."""
+    from mlflow.keras import MlflowCallback
+    return MlflowCallback(log_every_epoch=True)
+
+
+@contextlib.contextmanager
+def phase_run(experiment: str, name: str):
+    """A nested run (a fold, a training phase) under the active run; yields [MLflow's Keras callback]."""
+    with run(experiment, name, nested=True):
+        yield [epoch_logger()]
 
 
 def log_params(mlflow, params: dict) -> None:
@@ -61,11 +111,22 @@ def metric_key(name: str) -> str:
     return re.sub(r"_+", "_", re.sub(r"[^\w\-./:]", "_", name)).strip("_")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def log_metrics(mlflow, metrics: dict, prefix: str = "") -> None:
-    """Numeric leaves of a nested dict; None (undefined) values are skipped, not logged as 0."""
-    flat = flatten(metrics, prefix)
-    mlflow.log_metrics({metric_key(k): float(v) for k, v in flat.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    """Numeric leaves of a nested dict; None (undefined) values are skipped, not logged as 0.
+
+    A [lo, hi] pair (a confidence interval) is logged as `<key>.lo` and `<key>.hi`.
+    """
+    flat = {}
+    for k, v in flatten(metrics, prefix).items():
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            flat.update({f"{k}.lo": v[0], f"{k}.hi": v[1]})
+        else:
+            flat[k] = v
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in flat.items() if _number(v)})
 
 
 def log_history(mlflow, history: dict) -> None:

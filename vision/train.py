@@ -8,20 +8,18 @@ Writes artifacts/vision/<dataset>-<model>-<regime>-<loss>/model.keras + train.js
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import device, tracking
-from pipeline.io import atomic_path, read_json, write_json
-from pipeline.losses import make_loss
+from pipeline.io import atomic_path, fingerprint, read_json, write_json
+from pipeline.losses import LOSSES, loss_from_params
+from pipeline.stage import run_args
 from vision import dataset, train_config
 from vision.checkpoint import load_backbone
+from vision.models import BACKBONES, REGIMES
 from vision.transfer import transfer
 
 CHECKPOINTS = Path("artifacts/checkpoints/vision")
@@ -31,18 +29,12 @@ def run_name(dataset_name: str, model: str, regime: str, loss: str) -> str:
     return f"{dataset_name}-{model}-{regime}-{loss}"
 
 
-def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def train(dataset_name: str, model_name: str, regime: str, loss_name: str, cfg, data_dir: Path,
           backbone_dir: Path, out_dir: Path, ckpt_root: Path = CHECKPOINTS) -> dict:
     splits, meta = dataset.load(data_dir, dataset_name, cfg.limit)
     train_set, n_classes = splits["train"], meta["n_classes"]
     counts = np.bincount(train_set.y, minlength=n_classes)
-    alpha = cfg.alpha if isinstance(cfg.alpha, str) else list(cfg.alpha)
-    loss = make_loss(loss_name, class_counts=counts, alpha=alpha, gamma=cfg.gamma,
-                     label_smoothing=cfg.label_smoothing)
+    loss = loss_from_params(loss_name, cfg.loss, class_counts=counts)
     policy = device.configure(cfg.mixed_precision)
     info = read_json(backbone_dir / "backbone.json")
     name = run_name(dataset_name, model_name, regime, loss_name)
@@ -50,49 +42,45 @@ def train(dataset_name: str, model_name: str, regime: str, loss_name: str, cfg, 
           f"{tuple(info['input_shape'])}; train {len(train_set.y)} images {counts.tolist()}, "
           f"val {len(splits['val'].y)}; precision policy {policy}", flush=True)
     data = [meta["sha256"], info["sha256"], cfg.limit, policy]
-    features = ckpt_root / "features" / f"{_hash(*data, cfg.seed)}.npz"
-    head_keys = ("seed", "alpha", "gamma", "label_smoothing", "head_units", "dropout", "head_fit")
-    head_fp = _hash(*data, loss_name, {k: v for k, v in asdict(cfg).items() if k in head_keys})
+    run_cfg = cfg.run_config(model_name, regime, loss_name)
+    features = ckpt_root / "features" / f"{fingerprint(*data, cfg.seed)}.npz"
+    head_fp = fingerprint(*data, cfg.head_config(loss_name))
     head_run = (ckpt_root / f"{dataset_name}-{model_name}-{loss_name}-head", head_fp)
-    finetune_run = (ckpt_root / name, _hash(*data, name, asdict(cfg), head_fp))
-    model, rec = transfer(regime, model_name, dataset_name, lambda: load_backbone(backbone_dir)[0],
-                          splits, n_classes, loss, cfg, head_run, finetune_run, features)
+    finetune_run = (ckpt_root / name, fingerprint(*data, run_cfg, head_fp))
+    with tracking.run("vision", name) as mlflow:
+        tracking.log_params(mlflow, {"dataset": dataset_name, "model": model_name, "regime": regime,
+                                     "loss": loss_name, **run_cfg, "data.sha256": meta["sha256"],
+                                     "data.n": {s: len(im.y) for s, im in splits.items()},
+                                     "data.image_shape": list(train_set.x.shape[1:]),
+                                     "data.classes": meta["class_names"]})
+        tracking.log_dataset(mlflow, data_dir / f"{dataset_name}.npz", meta["sha256"], dataset_name, "training",
+                             train_set.x, train_set.y)
+        model, rec = transfer(regime, model_name, dataset_name, lambda: load_backbone(backbone_dir)[0],
+                              splits, n_classes, loss, cfg, head_run, finetune_run, features,
+                              phase=lambda phase: tracking.phase_run("vision", f"{name} {phase}"))
+        model_info = {"params": int(model.count_params()), "input_size": list(train_set.x.shape[1:]),
+                      "backbone_input_size": info["input_shape"], "backbone_source": info["source"],
+                      "backbone_sha256": info["sha256"], **rec["trainable"]}
+        tracking.log_params(mlflow, {f"model_info.{k}": v for k, v in model_info.items()})
+        mlflow.log_metric("val_macro_f1", rec["val_macro_f1"])
+        run_id = mlflow.active_run().info.run_id
     with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    model_info = {"params": int(model.count_params()), "input_size": list(train_set.x.shape[1:]),
-                  "backbone_input_size": info["input_shape"], "backbone_source": info["source"],
-                  "backbone_sha256": info["sha256"], **rec["trainable"]}
     record = {"dataset": dataset_name, "model": model_name, "regime": regime, "loss": loss_name,
               "class_names": meta["class_names"], "model_info": model_info, "train_counts": counts.tolist(),
               "n": {s: len(im.y) for s, im in splits.items()}, **{k: v for k, v in rec.items() if k != "trainable"},
-              "precision_policy": policy, "params": asdict(cfg), "data_sha256": meta["sha256"],
+              "precision_policy": policy, "config": run_cfg, "limit": cfg.limit, "seed": cfg.seed,
+              "data_sha256": meta["sha256"], "mlflow_run_id": run_id,
               "backbone": {k: info.get(k) for k in ("model", "source", "sha256", "input_shape", "arch",
                                                     "val_accuracy", "mlflow_run_id")}}
-    with tracking.run("vision", name) as mlflow:
-        tracking.log_params(mlflow, {"dataset": dataset_name, "model": model_name, "regime": regime,
-                                     "loss": loss_name, **asdict(cfg), **model_info,
-                                     "data_sha256": meta["sha256"]})
-        phases = {f"{phase}.{k}": v for phase in ("head", "finetune") if phase in rec
-                  for k, v in rec[phase]["history"].items()}
-        tracking.log_history(mlflow, phases)
-        mlflow.log_metric("val_macro_f1", rec["val_macro_f1"])
-        record["mlflow_run_id"] = mlflow.active_run().info.run_id
     write_json(out_dir / "train.json", record)
     return record
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for key in ("dataset", "model", "regime", "loss"):
-        ap.add_argument(f"--{key}", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", default="data/vision")
-    args = ap.parse_args(argv)
+    args = run_args(__doc__, {"dataset": None, "model": BACKBONES, "regime": REGIMES, "loss": LOSSES},
+                    data="data/vision", argv=argv)
     cfg = train_config.load_train(args.params)
-    for key, valid in (("model", train_config.BACKBONES), ("regime", train_config.REGIMES),
-                       ("loss", train_config.LOSSES)):
-        if getattr(args, key) not in valid:
-            raise SystemExit(f"unknown {key} {getattr(args, key)!r}; valid: {list(valid)}")
     name = run_name(args.dataset, args.model, args.regime, args.loss)
     record = train(args.dataset, args.model, args.regime, args.loss, cfg, Path(args.data),
                    Path("artifacts/vision/pretrain") / args.model, Path("artifacts/vision") / name)

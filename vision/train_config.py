@@ -1,5 +1,8 @@
 """Typed params of the vision training side: sections `vision_pretrain` and `vision_train`.
 
+The (dataset, model, regime, loss) runs come from `grid.vision`; a run reads the shared keys,
+its regime's keys, its model's `unfreeze_from` and its loss's section (`run_config`).
+
 Backbone sources (`vision_pretrain.weights.<model>`):
   "source:<dataset>"  pretrain the backbone from scratch on a source set that
                       `vision.ingest --source-set <dataset>` prepared (only cifar10 here)
@@ -9,19 +12,16 @@ Backbone sources (`vision_pretrain.weights.<model>`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from pipeline.losses import LOSSES as ALL_LOSSES
+from pipeline.losses import LossParams
 from pipeline.params import ParamsError, load_section
 from pipeline.training import FitConfig
 from vision.alexnet import NORMS, STEMS
 from vision.augment import Augment
-from vision.ingest import CIFAR10_ZIP
-from vision.models import BACKBONES
+from vision.models import BACKBONES, REGIMES
 
 SOURCES = ("cifar10",)  # source sets vision.ingest can prepare
-REGIMES = ("frozen", "finetune")
-LOSSES = ("ce", "focal")
 POLICIES = ("auto", "on", "off")
 
 
@@ -60,10 +60,6 @@ class VisionPretrain:
                                                             rotate_deg=0.0, contrast=0.0))
     mixed_precision: str = "auto"
     seed: int = 0
-    # read by `vision.ingest --source-set` (the source images), not by the pretrain stage
-    source_path: str = CIFAR10_ZIP
-    limit_per_class: int | None = None
-    val_fraction: float = 0.1
 
     def validate(self) -> None:
         for model in BACKBONES:
@@ -96,43 +92,49 @@ class UnfreezeFrom:
 
 @dataclass(frozen=True)
 class Finetune:
-    unfreeze_from: UnfreezeFrom = field(default_factory=UnfreezeFrom)
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=3, batch_size=32, learning_rate=1e-4,
                                                             patience=2))
+    augment: Augment = field(default_factory=Augment)
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """The frozen regime has no knobs beyond head_fit; the section exists so runs depend on their regime."""
 
 
 @dataclass(frozen=True)
 class VisionTrain:
-    models: tuple[str, ...] = BACKBONES
-    regimes: tuple[str, ...] = REGIMES
-    losses: tuple[str, ...] = LOSSES
     seed: int = 42
-    alpha: str | tuple[float, ...] = "sqrt_inverse"  # focal alpha: none, inverse, sqrt_inverse or a list
-    gamma: float = 2.0
-    label_smoothing: float = 0.0
     head_units: tuple[int, ...] = (256,)
     dropout: float = 0.5
     head_fit: FitConfig = field(default_factory=FitConfig)  # frozen regime and finetune warm-up
+    frozen: Frozen = field(default_factory=Frozen)
     finetune: Finetune = field(default_factory=Finetune)
-    augment: Augment = field(default_factory=Augment)
+    unfreeze_from: UnfreezeFrom = field(default_factory=UnfreezeFrom)
     mixed_precision: str = "auto"
     limit: int | None = None  # keep the first `limit` rows of every split (smoke runs only)
-    bootstrap: int = 1000
-    ece_bins: int = 15
+    loss: LossParams = field(default_factory=LossParams)
 
     def validate(self) -> None:
-        for key, values, valid in (("models", self.models, BACKBONES), ("regimes", self.regimes, REGIMES),
-                                   ("losses", self.losses, LOSSES)):
-            bad = [v for v in values if v not in valid]
-            if bad or not values:
-                raise ParamsError(f"{key}: unknown {bad} or empty; valid: {list(valid)}")
-        assert set(LOSSES) <= set(ALL_LOSSES)
-        if self.gamma < 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
-            raise ParamsError("gamma must be >= 0, label_smoothing and dropout in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.mixed_precision not in POLICIES:
             raise ParamsError(f"mixed_precision: one of {list(POLICIES)}, got {self.mixed_precision!r}")
         if self.limit is not None and self.limit < 1:
             raise ParamsError(f"limit must be null or >= 1, got {self.limit}")
+
+    def head_config(self, loss: str) -> dict:
+        """The knobs of the head warm-up (shared by the frozen and finetune runs of one dataset/model/loss)."""
+        return {"seed": self.seed, "head_units": list(self.head_units), "dropout": self.dropout,
+                "head_fit": asdict(self.head_fit), "mixed_precision": self.mixed_precision, "limit": self.limit,
+                "loss": loss, "loss_args": asdict(self.loss.of(loss))}
+
+    def run_config(self, model: str, regime: str, loss: str) -> dict:
+        """Exactly the knobs one (model, regime, loss) run reads: provenance and resume fingerprint."""
+        out = {**self.head_config(loss), "model": model, "regime": regime}
+        if regime == "finetune":
+            out.update(finetune=asdict(self.finetune), unfreeze_from=getattr(self.unfreeze_from, model))
+        return out
 
 
 def load_pretrain(path="params.yaml") -> VisionPretrain:

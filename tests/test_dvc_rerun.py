@@ -1,0 +1,97 @@
+"""Changing one knob makes stale exactly the stages that read it (checked with `dvc status` on a copy
+of the project whose outputs are stand-in files committed to a fresh dvc.lock)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.slow
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run([*DVC, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Tracked files of the project, every stage output replaced by a stand-in, all committed to dvc.lock."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "reports/")) and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    for out in _declared_outs(dest):
+        path = dest / out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix:
+            path.write_text("stand-in\n")
+        else:  # a folder output (figures/, data/raw/mitdb)
+            path.mkdir(exist_ok=True)
+            (path / "stand-in").write_text("stand-in\n")
+    dvc(dest, "commit", "--force")
+    assert _stale(dest) == set(), "a freshly committed project should be up to date"
+    return dest
+
+
+def _declared_outs(dest: Path) -> list[str]:
+    """Every output path declared in dvc.yaml, after DVC's own interpolation of the matrices."""
+    code = ("import json, sys; from dvc.repo import Repo; r = Repo(sys.argv[1]); "
+            "print(json.dumps([str(o.def_path) for s in r.index.stages for o in s.outs]))")
+    out = subprocess.run([sys.executable, "-c", code, str(dest)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _stale(dest: Path) -> set[str]:
+    return set(json.loads(dvc(dest, "status", "--json")))
+
+
+def _edit(dest: Path, path: list, value) -> None:
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def copy(project, tmp_path) -> Path:
+    dest = tmp_path / "p"
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
+
+
+def test_bootstrap_reruns_only_evaluation_and_report(copy):
+    _edit(copy, ["evaluate", "bootstrap"], 500)
+    stale = _stale(copy)
+    assert stale and all(s.startswith(("evaluate_ecg", "evaluate_vision")) or s == "report" for s in stale), stale
+    assert "report" in stale
+
+
+def test_gamma_reruns_only_focal_runs(copy):
+    _edit(copy, ["ecg_train", "loss", "focal", "gamma"], 1.0)
+    stale = _stale(copy)
+    assert stale, "changing gamma must make the focal runs stale"
+    assert all("focal" in s for s in stale), stale
+    assert {s.split("@")[0] for s in stale} == {"train_ecg"}, stale
+
+
+def test_new_grid_entry_adds_stages_and_changes_no_other(copy):
+    _edit(copy, ["grid", "ecg", "losses"], ["ce", "focal", "weighted_ce"])
+    stale = _stale(copy)
+    assert stale, "the new runs must show as stale"
+    assert all("weighted_ce" in s for s in stale), stale
