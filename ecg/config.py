@@ -15,6 +15,7 @@ class EcgData:
     database: str = "mitdb"
     records: str | tuple[int, ...] = "all"
     mirror: str | None = None
+    verify: bool = True  # sha256 against the source's SHA256SUMS.txt; false = deliberately unverified
     lead: str = "MLII"
     fallback_leads: tuple[str, ...] = ("V5", "V1", "V2", "V4")
     fs: int = 360

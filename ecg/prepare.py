@@ -6,6 +6,7 @@ and the DVC metric reports/ecg/dataset.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -88,7 +89,19 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
         "excluded_paced": list(PACED), "dropped_at_edges": {str(b["record"]): b["dropped_edge"] for b in per_record},
         "per_record_counts": {str(r): c.tolist() for r, c in counts.items()},
     }
+    meta["raw_source_verified"] = raw_verified(raw)
     return arrays, meta, summary
+
+
+def raw_verified(raw: Path) -> bool | None:
+    """Whether ingest sha256-verified the raw files (its SOURCE.json); None if ingest wrote none."""
+    path = raw / "SOURCE.json"
+    if not path.exists():
+        return None
+    try:
+        return bool(json.loads(path.read_text())["verify"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"{path}: malformed ingest record ({exc}); rerun ingest_ecg") from None
 
 
 def main(argv=None) -> int:

@@ -308,7 +308,7 @@ def test_ingest_fetches_then_keeps(mirror, tmp_path):
     out = tmp_path / "raw"
     cfg = config.EcgData()
     stats = ingest.ingest(cfg, out, MirrorSource(mirror))
-    assert stats == {"records": 3, "fetched": 9, "kept": 0, "verified": True}
+    assert stats == {"records": 3, "fetched": 9, "kept": 0, "verified": True, "stale_removed": 0}
     for r in ("101", "106", "100"):
         for ext in ("hea", "dat", "atr"):
             assert sha(out / f"{r}.{ext}") == sha(mirror / f"{r}.{ext}")
@@ -318,7 +318,7 @@ def test_ingest_fetches_then_keeps(mirror, tmp_path):
     files = ingest.record_files(["101", "106", "100"])
     inodes = {f: (out / f).stat().st_ino for f in files}
     stats = ingest.ingest(cfg, out, MirrorSource(mirror))
-    assert stats == {"records": 3, "fetched": 0, "kept": 9, "verified": True}
+    assert stats == {"records": 3, "fetched": 0, "kept": 9, "verified": True, "stale_removed": 0}
     assert inodes == {f: (out / f).stat().st_ino for f in files}  # not rewritten
 
 
@@ -326,7 +326,7 @@ def test_ingest_selected_records_via_main(mirror, tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml", records="[106]", mirror=f'"{mirror}"')
     out = tmp_path / "raw"
     assert ingest.main(["--params", str(params), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["106.atr", "106.dat", "106.hea", "RECORDS", "SHA256SUMS.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["106.atr", "106.dat", "106.hea", "RECORDS", "SHA256SUMS.txt", "SOURCE.json"]
     assert "3 files fetched" in capsys.readouterr().out
 
 

@@ -43,13 +43,17 @@ def prepared(tmp_path_factory):
 @needs_mitdb
 def test_ingest_verifies_sha256(prepared):
     stats, raw = prepared["stats"], prepared["raw"]
-    assert stats == {"records": 4, "fetched": 12, "kept": 0, "verified": True}
+    assert stats == {"records": 4, "fetched": 12, "kept": 0, "verified": True, "stale_removed": 0}
     sums = ingest.parse_sums((MITDB / "SHA256SUMS.txt").read_text())
     names = ingest.record_files([str(r) for r in RECORDS])
-    assert sorted(p.name for p in raw.iterdir()) == sorted(names + ["RECORDS", "SHA256SUMS.txt"])
+    assert sorted(p.name for p in raw.iterdir()) == sorted(names + ["RECORDS", "SHA256SUMS.txt", "SOURCE.json"])
     for name in names:
         assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == sums[name], name
     assert ingest.parse_sums((raw / "SHA256SUMS.txt").read_text()) == {n: sums[n] for n in names}
+    source = read_json(raw / "SOURCE.json")
+    assert source["source"] == str(MITDB) and source["verify"] is True
+    assert source["checksum_list_sha256"] == hashlib.sha256((MITDB / "SHA256SUMS.txt").read_bytes()).hexdigest()
+    assert prepared["meta"]["raw_source_verified"] is True
 
 
 @needs_mitdb
