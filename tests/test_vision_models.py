@@ -5,8 +5,9 @@ keras = pytest.importorskip("keras")
 
 from vision.layers import LocalResponseNorm  # noqa: E402
 from vision.models import (  # noqa: E402
-    BACKBONES, build_backbone, build_classifier, set_trainable,
+    BACKBONES, REGIMES, BackboneSpec, build_backbone, build_classifier, set_trainable,
 )
+from vision.preprocess import MODES  # noqa: E402
 
 # (kernel, in_channels, filters) of AlexNet's five convs, as published
 CONVS = [(11, 3, 96), (5, 96, 256), (3, 256, 384), (3, 384, 384), (3, 384, 256)]
@@ -100,13 +101,17 @@ def test_trainable_regimes():
     assert fine["trainable_params"] == 3 * 3 * 384 * 384 + 3 * 3 * 384 * 256 + head
     assert fine["trainable_weights"] == 6
     assert not model.get_layer("alexnet").get_layer("block5_bn").trainable
-    full = set_trainable(model, "full")  # must undo the per-layer freezing
-    assert full["non_trainable_params"] == 2 * 1376  # only BN moving statistics
+    assert set_trainable(model, "frozen") == frozen  # undoes the per-layer unfreezing
+    every = set_trainable(model, "finetune")  # None = every block; BN still frozen
+    assert every["non_trainable_params"] == 4 * 1376 and every["trainable_weights"] == 5 + 4
     assert set_trainable(model, "finetune", "block5")["trainable_params"] < fine["trainable_params"]
     with pytest.raises(ValueError, match="block1"):
         set_trainable(model, "finetune", unfreeze_from="block9")
     with pytest.raises(ValueError, match="frozen"):
         set_trainable(model, "partial")
+    assert REGIMES == ("frozen", "finetune")
+    with pytest.raises(ValueError, match="finetune"):
+        set_trainable(model, "full")  # the dead regime is gone
 
 
 def test_vgg16_finetune_counts():
@@ -151,11 +156,72 @@ def test_classifier_save_and_load(tmp_path):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_registry_smoke_predict(name):
-    model = build_classifier(build_backbone(name, (32, 32, 3)), 3, head_units=(8,), dropout=0.5)
-    x = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    """Every registered backbone, at its smallest input, from 1-channel raw pixels to probabilities."""
+    spec = BACKBONES[name]
+    side = max(spec.min_size, 8)
+    backbone = build_backbone(name, (side, side, 3))
+    assert backbone.name == name
+    assert sorted({f"block{i}" for i in _blocks(backbone)}) == list(spec.blocks)
+    model = build_classifier(backbone, 3, input_shape=(side, side, 1), head_units=(8,), dropout=0.5)
+    x = np.random.default_rng(4).integers(0, 256, (2, side, side, 1)).astype("uint8")
     p = model.predict(x, verbose=0)
     assert p.shape == (2, 3) and np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    for block in (spec.blocks[0], spec.blocks[-1]):
+        set_trainable(model, "finetune", unfreeze_from=block)
+
+
+def _blocks(backbone):
+    import re
+    return {int(m.group(1)) for layer in backbone.layers if (m := re.match(r"block(\d+)_", layer.name))}
+
+
+def test_registry_table_shape():
+    assert list(BACKBONES) == ["alexnet", "vgg16"] and "vgg16" in BACKBONES and "VGG16" not in BACKBONES
+    for name, spec in BACKBONES.items():
+        assert isinstance(spec, BackboneSpec) and spec.name == name and spec.preprocess in MODES
+        assert spec.min_size <= spec.native_size
+    assert BACKBONES["alexnet"].channel_order == "rgb" and BACKBONES["vgg16"].channel_order == "bgr"
+    assert dict(BACKBONES["alexnet"].arch) == {"stem": "auto", "norm": "batchnorm"}
+    assert not BACKBONES["vgg16"].arch and BACKBONES["alexnet"].imagenet is None
+    assert BACKBONES["vgg16"].imagenet.env == "VGG16_WEIGHTS"
+    with pytest.raises(ValueError, match="alexnet.*vgg16"):
+        BACKBONES["vgg"]  # exact names only
+
+
+def test_registry_is_a_plain_names_tuple_for_configs():
+    """vision.train_config uses BACKBONES as a dataclass default; asdict/json must see the names."""
+    import dataclasses
+    import json
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        models: tuple = BACKBONES
+
+    d = dataclasses.asdict(Cfg())
+    assert type(d["models"]) is tuple and json.dumps(d) == '{"models": ["alexnet", "vgg16"]}'
+
+
+# Sums of the seeded (keras.utils.set_random_seed(0)) initial weights of
+# build_classifier(build_backbone(name, (32, 32, 3)), 3, input_shape=(28, 28, 1), head_units=(16,)),
+# recorded before the registry refactor (issue 8): same architecture, layer order and init order.
+SEEDED = {
+    "alexnet": (29, 59301.5928, ["image", "resize", "repeat_channels", "rescale", "normalize", "alexnet",
+                                 "head_pool", "head_dense1", "head_dropout1", "predictions"]),
+    "vgg16": (30, 203103.0206, ["image", "resize", "repeat_channels", "rgb_to_bgr", "normalize", "vgg16",
+                                "head_pool", "head_dense1", "head_dropout1", "predictions"]),
+}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="recorded with the TensorFlow backend RNG")
+@pytest.mark.parametrize("name", sorted(SEEDED))
+def test_seeded_weights_unchanged(name):
+    n, abs_sum, layers = SEEDED[name]
+    keras.utils.set_random_seed(0)
+    model = build_classifier(build_backbone(name, (32, 32, 3)), 3, input_shape=(28, 28, 1), head_units=(16,))
+    weights = model.get_weights()
+    assert [layer.name for layer in model.layers] == layers and len(weights) == n
+    assert sum(np.abs(w).astype(np.float64).sum() for w in weights) == pytest.approx(abs_sum, rel=1e-7)
 
 
 @pytest.mark.parametrize("name, want", [

@@ -12,11 +12,10 @@ from pathlib import Path
 import keras
 
 from pipeline.io import atomic_path, read_json, sha256_file, write_json
-from vision.models import build_backbone
+from vision.models import BACKBONES, build_backbone
 
-VGG16_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                   "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-VGG16_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"  # the hash keras.applications.VGG16 checks
+VGG16_NOTOP_URL = BACKBONES["vgg16"].imagenet.url
+VGG16_NOTOP_MD5 = BACKBONES["vgg16"].imagenet.md5  # the hash keras.applications.VGG16 checks
 
 
 def save_backbone(backbone: keras.Model, out_dir: Path | str) -> str:
@@ -50,17 +49,28 @@ def load_backbone(ckpt_dir: Path | str) -> tuple[keras.Model, dict]:
     return backbone, info
 
 
-def imagenet_vgg16_weights(local: str | None = None) -> Path:
-    """Local file (env VGG16_WEIGHTS, else `local`), else Keras's download into its cache (once)."""
-    path = os.environ.get("VGG16_WEIGHTS") or local
+def imagenet_weights(model: str, local: str | None = None) -> Path:
+    """ImageNet weights of backbone ``model`` (BACKBONES[model].imagenet): the local file named by its
+    env var (e.g. VGG16_WEIGHTS), else `local`, else Keras's download into its cache (once)."""
+    spec = BACKBONES[model]
+    if spec.imagenet is None:
+        raise ValueError(f"{model}: no ImageNet weights; backbones with them: "
+                         f"{[s.name for s in BACKBONES.specs() if s.imagenet]}")
+    src = spec.imagenet
+    path = os.environ.get(src.env) or local
     if path:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: VGG16 ImageNet weights file not found (VGG16_WEIGHTS / "
-                                    f"vision_pretrain.vgg16_weights)")
+            raise FileNotFoundError(f"{path}: {model.upper()} ImageNet weights file not found ({src.env} / "
+                                    f"vision_pretrain.{model}_weights)")
         return Path(path)
+    filename = src.url.rsplit("/", 1)[1]
     try:
-        return Path(keras.utils.get_file("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", VGG16_NOTOP_URL,
-                                         cache_subdir="models", file_hash=VGG16_NOTOP_MD5))
+        return Path(keras.utils.get_file(filename, src.url, cache_subdir="models", file_hash=src.md5))
     except Exception as exc:
-        raise OSError(f"cannot download VGG16 ImageNet weights ({exc}); set env VGG16_WEIGHTS to a local "
-                      f"copy of {VGG16_NOTOP_URL.rsplit('/', 1)[1]}, or use weights.vgg16: source:cifar10") from None
+        raise OSError(f"cannot download {model.upper()} ImageNet weights ({exc}); set env {src.env} to a local "
+                      f"copy of {filename}, or use weights.{model}: source:cifar10") from None
+
+
+def imagenet_vgg16_weights(local: str | None = None) -> Path:
+    """Local file (env VGG16_WEIGHTS, else `local`), else Keras's download into its cache (once)."""
+    return imagenet_weights("vgg16", local)

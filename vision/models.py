@@ -1,5 +1,10 @@
 """Backbone registry, classifier head and trainability regimes (keras + keras.ops only).
 
+BACKBONES is the one table of backbones: name -> BackboneSpec (builder, native/min
+input size, preprocessing mode with its mean/std/channel order, the block names
+set_trainable's unfreeze_from accepts, the builder args and their defaults, and
+where ImageNet weights come from if they exist).  Iterating it yields the names.
+
 A classifier takes raw images (pixel values 0..255, any numeric dtype) of the
 data's shape and does all preprocessing inside the model (vision.preprocess:
 resize, channels "repeat"/"native", per-model normalisation), so the pretrain,
@@ -16,17 +21,113 @@ After set_trainable, compile the model (again) for the change to take effect.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import keras
 import numpy as np
 
 from vision.alexnet import build_alexnet
-from vision.preprocess import PREPROCESS, match_channels, normalise
+from vision.preprocess import MODES, match_channels, normalise
 
-BACKBONES = ("alexnet", "vgg16")
-REGIMES = ("frozen", "finetune", "full")
+REGIMES = ("frozen", "finetune")
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a backbone's ImageNet weights come from (vision.checkpoint.imagenet_weights)."""
+    url: str
+    md5: str   # the hash Keras's own loader checks (keras.utils.get_file file_hash)
+    env: str   # env var naming a local copy (overrides everything, nothing is downloaded)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone: how to build it and what it expects (one row of BACKBONES)."""
+    name: str
+    build: Callable[..., keras.Model]  # (input_shape, *, weights: Path|None, **arch) -> backbone
+    native_size: int                   # input side of the published architecture
+    min_size: int                      # smallest input side the builder accepts with default `arch`
+    preprocess: str                    # normalisation mode, vision.preprocess.MODES
+    blocks: tuple[str, ...]            # valid set_trainable(..., unfreeze_from=...) values
+    arch: Mapping = field(default_factory=dict)  # builder kwargs (params section <name>) and defaults
+    imagenet: PretrainedWeights | None = None    # ImageNet weights exist (pretrain source "imagenet")
+
+    @property
+    def mean(self):
+        return MODES[self.preprocess].mean
+
+    @property
+    def std(self):
+        return MODES[self.preprocess].std
+
+    @property
+    def channel_order(self) -> str:
+        return MODES[self.preprocess].channel_order
+
+
+class Registry(tuple):
+    """The backbone table: iterates, ``in`` and json-dumps as the tuple of names; ``BACKBONES[name]``
+    (exact name) gives the BackboneSpec, an unknown name raises ValueError listing the valid ones.
+    A tuple so that it is a valid dataclass default (vision.train_config) and asdict/json see names."""
+
+    def __new__(cls, specs=()):
+        specs = list(specs)
+        if not all(isinstance(s, BackboneSpec) for s in specs):  # dataclasses.asdict rebuilds from names
+            return tuple(specs)
+        self = super().__new__(cls, (s.name for s in specs))
+        self._specs = MappingProxyType({s.name: s for s in specs})
+        return self
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        try:
+            return self._specs[key]
+        except KeyError:
+            raise ValueError(f"unknown backbone '{key}'; valid names: {list(self)}") from None
+
+    def get(self, name: str, default=None):
+        return self._specs.get(name, default)
+
+    def items(self) -> Iterator[tuple[str, BackboneSpec]]:
+        return iter(self._specs.items())
+
+    def specs(self) -> tuple[BackboneSpec, ...]:
+        return tuple(self._specs.values())
+
+    def __reduce__(self):  # pickle/deepcopy by reference to the module's one table
+        return "BACKBONES"
+
+
+def _build_alexnet(input_shape, *, weights=None, stem="auto", norm="batchnorm"):
+    model = build_alexnet(input_shape, stem=stem, norm=norm)
+    if weights is not None:
+        model.load_weights(str(weights))
+    return model
+
+
+def _build_vgg16(input_shape, *, weights=None, stem="auto", norm="batchnorm"):
+    del norm  # Keras's unmodified VGG16 has no normalisation layers
+    if stem not in ("auto", "imagenet"):
+        raise ValueError(f"vgg16 has a fixed stem; stem must be 'auto' or 'imagenet', got '{stem}'")
+    return keras.applications.VGG16(include_top=False, input_shape=input_shape,
+                                    weights=None if weights is None else str(weights))
+
+
+_BLOCKS5 = tuple(f"block{i}" for i in range(1, 6))
+
+BACKBONES = Registry([
+    BackboneSpec("alexnet", _build_alexnet, native_size=227, min_size=1, preprocess="imagenet",
+                 blocks=_BLOCKS5, arch=MappingProxyType({"stem": "auto", "norm": "batchnorm"})),
+    BackboneSpec("vgg16", _build_vgg16, native_size=224, min_size=32, preprocess="caffe", blocks=_BLOCKS5,
+                 imagenet=PretrainedWeights(
+                     url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     md5="6d6bbae143d832006294945121d1f1fc", env="VGG16_WEIGHTS")),
+])
 
 
 def build_backbone(name: str, input_shape, *, stem: str = "auto", norm: str = "batchnorm",
@@ -38,21 +139,12 @@ def build_backbone(name: str, input_shape, *, stem: str = "auto", norm: str = "b
     and accepts only stem "auto"/"imagenet".  ``weights``: None (random init)
     or the path of a weights file; nothing is ever downloaded.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; valid names: {list(BACKBONES)}")
+    spec = BACKBONES[name]
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: backbone weights file not found "
                                 f"(only local files are accepted, nothing is downloaded)")
     input_shape = tuple(int(d) for d in input_shape)
-    if name == "alexnet":
-        model = build_alexnet(input_shape, stem=stem, norm=norm)
-        if weights is not None:
-            model.load_weights(str(weights))
-        return model
-    if stem not in ("auto", "imagenet"):
-        raise ValueError(f"vgg16 has a fixed stem; stem must be 'auto' or 'imagenet', got '{stem}'")
-    return keras.applications.VGG16(include_top=False, input_shape=input_shape,
-                                    weights=None if weights is None else str(weights))
+    return spec.build(input_shape, weights=weights, stem=stem, norm=norm)
 
 
 def build_classifier(backbone: keras.Model, n_classes: int, *, input_shape=None,
@@ -63,7 +155,8 @@ def build_classifier(backbone: keras.Model, n_classes: int, *, input_shape=None,
     """Wrap ``backbone`` into a classifier for raw 0..255 images of ``input_shape``."""
     target = tuple(backbone.input_shape[1:])
     input_shape = tuple(int(d) for d in (input_shape or target))
-    preprocess = preprocess or PREPROCESS.get(backbone.name, "unit")
+    spec = BACKBONES.get(backbone.name)
+    preprocess = preprocess or (spec.preprocess if spec else "unit")
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for layer in augment:
@@ -129,7 +222,7 @@ def set_trainable(model: keras.Model, regime: str, unfreeze_from: str | int | No
     "frozen": backbone not trainable, head trainable.  "finetune": backbone
     layers of block ``unfreeze_from`` (e.g. "block4") and later trainable,
     earlier ones frozen (None = all blocks); BatchNormalization layers stay
-    frozen (inference mode).  "full": everything trainable, BN included.
+    frozen (inference mode).
     """
     if regime not in REGIMES:
         raise ValueError(f"unknown regime '{regime}'; valid: {list(REGIMES)}")

@@ -2,7 +2,8 @@
 
 channels: "repeat" = a 1-channel (grayscale) input is repeated with a
 Concatenate layer to the backbone's 3 channels; "native" = channel counts
-must already match.  Normalisation modes (PREPROCESS gives each backbone's):
+must already match.  Normalisation modes (MODES; each backbone's is in
+vision.models.BACKBONES):
 "imagenet" = x/255 then ImageNet mean/std per RGB channel (AlexNet default);
 "caffe" = RGB->BGR and subtract the ImageNet BGR mean on the 0..255 scale,
 the convention of Keras's VGG16 ImageNet weights (VGG16 default);
@@ -10,14 +11,27 @@ the convention of Keras's VGG16 ImageNet weights (VGG16 default);
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 
 from vision.layers import ReverseChannels
 
-PREPROCESS = {"alexnet": "imagenet", "vgg16": "caffe"}
-_MEAN, _STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68])
+
+@dataclass(frozen=True)
+class Normalisation:
+    rescale: bool                 # x/255 first (layer "rescale")
+    mean: np.ndarray | None       # per channel, in channel_order, on the scale after rescale
+    std: np.ndarray | None        # None: subtract the mean only
+    channel_order: str = "rgb"    # "bgr": reverse the channels first (layer "rgb_to_bgr")
+
+
+MODES = {
+    "imagenet": Normalisation(True, np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])),
+    "caffe": Normalisation(False, np.array([103.939, 116.779, 123.68]), None, "bgr"),
+    "unit": Normalisation(True, None, None),
+}
 
 
 def match_channels(x, have: int, want: int, mode: str):
@@ -32,15 +46,18 @@ def match_channels(x, have: int, want: int, mode: str):
 
 
 def normalise(x, mode: str, n_channels: int):
-    if mode == "unit":
-        return keras.layers.Rescaling(1 / 255, name="rescale")(x)
-    if n_channels != 3:
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocess '{mode}'; valid: {list(MODES)}")
+    norm = MODES[mode]
+    if norm.mean is not None and n_channels != 3:
         raise ValueError(f"preprocess '{mode}' needs 3 channels, got {n_channels}; use 'unit'")
-    if mode == "imagenet":
-        x = keras.layers.Rescaling(1 / 255, name="rescale")(x)
-        return keras.layers.Rescaling((1 / _STD).tolist(), offset=(-_MEAN / _STD).tolist(),
-                                      name="normalize")(x)
-    if mode == "caffe":
+    if norm.channel_order == "bgr":
         x = ReverseChannels(name="rgb_to_bgr")(x)
-        return keras.layers.Rescaling(1.0, offset=(-_CAFFE_BGR_MEAN).tolist(), name="normalize")(x)
-    raise ValueError(f"unknown preprocess '{mode}'; valid: ['imagenet', 'caffe', 'unit']")
+    if norm.rescale:
+        x = keras.layers.Rescaling(1 / 255, name="rescale")(x)
+    if norm.mean is None:
+        return x
+    if norm.std is None:
+        return keras.layers.Rescaling(1.0, offset=(-norm.mean).tolist(), name="normalize")(x)
+    return keras.layers.Rescaling((1 / norm.std).tolist(), offset=(-norm.mean / norm.std).tolist(),
+                                  name="normalize")(x)

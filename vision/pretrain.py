@@ -24,14 +24,16 @@ from pipeline.losses import make_loss
 from pipeline.training import fit, predict_probs
 from vision import dataset, train_config
 from vision.augment import build_augment
-from vision.checkpoint import imagenet_vgg16_weights, save_backbone, write_info
-from vision.models import build_backbone, build_classifier, find_backbone
+from vision.checkpoint import imagenet_weights, save_backbone, write_info
+from vision.models import BACKBONES, build_backbone, build_classifier, find_backbone
 
 OUT_DIR = Path("artifacts/vision/pretrain")
 
 
 def arch_kwargs(model_name: str, cfg) -> dict:
-    return asdict(cfg.alexnet) if model_name == "alexnet" else {}
+    """The builder args BACKBONES[model_name].arch names, from params section vision_pretrain.<model_name>."""
+    keys = BACKBONES[model_name].arch
+    return {k: getattr(getattr(cfg, model_name), k) for k in keys} if keys else {}
 
 
 def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path) -> dict:
@@ -42,7 +44,7 @@ def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path)
             "arch": arch_kwargs(model_name, cfg), "precision_policy": policy}
     metrics, history = {}, {}
     if source == "imagenet":
-        path = imagenet_vgg16_weights(cfg.vgg16_weights)
+        path = imagenet_weights(model_name, getattr(cfg, f"{model_name}_weights", None))
         backbone = build_backbone(model_name, shape, weights=path)
         info.update(weights_file=str(path), weights_sha256=sha256_file(path))
         print(f"{model_name}: ImageNet weights from {path}", flush=True)
@@ -90,8 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="data/vision")
     args = ap.parse_args(argv)
     cfg = train_config.load_pretrain(args.params)
-    if args.model not in train_config.BACKBONES:
-        raise SystemExit(f"unknown model {args.model!r}; valid: {list(train_config.BACKBONES)}")
+    if args.model not in BACKBONES:
+        raise SystemExit(f"unknown model {args.model!r}; valid: {list(BACKBONES)}")
     info = pretrain(args.model, cfg, Path(args.data), OUT_DIR / args.model,
                     Path("artifacts/checkpoints/vision/pretrain") / args.model)
     acc = info.get("val_accuracy")
