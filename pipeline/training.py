@@ -1,14 +1,26 @@
 """The fit loop shared by both arms: seeds, validation macro-F1, early stop, checkpoints, resume.
 
-A run directory holds `last.keras` + `state.json` after every epoch, so an interrupted run
-continues from its last finished epoch when started again with the same fingerprint
-(hash of params and data). `best.keras` holds the weights with the best validation macro-F1.
+Resume equals an uninterrupted run, bit for bit (on a deterministic device such as the CPU):
+
+* Every epoch is a pure function of (weights + optimizer state after the previous epoch, seed, epoch):
+  its shuffle order comes from a numpy Generator seeded with (seed, epoch), and at its start the global
+  seeds (`keras.utils.set_random_seed`) and the state of every `SeedGenerator` in the model (dropout,
+  augmentation layers) are reset from (seed, epoch). Where the run started does not matter.
+* After every epoch the run folder gets ONE checkpoint unit, `ckpt-<epoch>/`, holding `model.keras`
+  (weights and optimizer state), `best.keras` (the best epoch so far) and `state.json` (epoch, best,
+  patience counter, history). The unit is written in a hidden temporary folder, flushed, and renamed into
+  place in one step, so a kill leaves either the whole unit or none of it. Older units are then removed
+  (the previous one is kept as a fallback). On start, the newest complete unit whose fingerprint and seed
+  match is trusted; hidden partial folders are deleted; with no usable unit the run starts from scratch.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,8 +28,12 @@ import keras
 import numpy as np
 
 from pipeline.evaluation import macro_f1
-from pipeline.io import atomic_path, ensure_dir, write_json
+from pipeline.io import ensure_dir
 from pipeline.params import ParamsError
+
+UNIT_RE = re.compile(r"^ckpt-(\d{4,})$")
+UNIT_FILES = ("model.keras", "best.keras", "state.json")
+KEEP_UNITS = 2  # the newest unit and one fallback
 
 
 @dataclass(frozen=True)
@@ -39,13 +55,134 @@ def predict_probs(model, x, batch_size: int = 1024) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
 
 
-class ValMacroF1(keras.callbacks.Callback):
-    """Adds val_macro_f1 (over `score_classes`) to the logs; saves state for resume and early stop."""
+# ---------------------------------------------------------------------------------------------- RNG
+def _derive(*parts: int) -> int:
+    """A 31-bit seed that depends only on `parts` (numpy SeedSequence, stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
-    def __init__(self, x_val, y_val, score_classes, run_dir: Path, cfg: FitConfig, state: dict):
+
+def _seed_states(model) -> list:
+    """The state variables of every SeedGenerator in `model`, in the model's (architecture-fixed) order."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def seed_epoch(model, seed: int, epoch: int) -> None:
+    """Reset all randomness that epoch `epoch` (0-based) may draw on from (seed, epoch) alone."""
+    keras.utils.set_random_seed(_derive(seed, epoch))
+    for i, var in enumerate(_seed_states(model)):
+        var.assign(np.array([_derive(seed, epoch, i + 1), 0], dtype=str(var.dtype)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle order of epoch `epoch`: a permutation of range(n) from a Generator seeded by (seed, epoch)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n)
+
+
+def _take(x, idx):
+    return {k: np.asarray(v)[idx] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[idx]
+
+
+# ------------------------------------------------------------------------------------ checkpoint units
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _units(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete-looking units (by name), newest first."""
+    found = []
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        m = UNIT_RE.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def _read_unit(unit: Path, epoch: int, fingerprint: str, seed: int) -> dict | None:
+    """The unit's state if it is complete and belongs to this run; None otherwise."""
+    if not all((unit / name).is_file() for name in UNIT_FILES):
+        return None
+    try:
+        state = json.loads((unit / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint or state.get("seed") != seed:
+        return None
+    if state.get("epoch") != epoch:
+        return None
+    return state
+
+
+def write_unit(run_dir: Path, model, state: dict, improved: bool, previous: Path | None) -> Path:
+    """Write `ckpt-<epoch>/` (model + optimizer, best model, state.json) as one atomic unit; return it."""
+    epoch = int(state["epoch"])
+    final = run_dir / f"ckpt-{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{epoch:04d}.", suffix=".part", dir=run_dir))
+    try:
+        model.save(tmp / "model.keras")
+        if improved or previous is None:
+            model.save(tmp / "best.keras")
+        else:
+            try:
+                os.link(previous / "best.keras", tmp / "best.keras")  # unchanged best: share the file
+            except OSError:
+                shutil.copy2(previous / "best.keras", tmp / "best.keras")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, allow_nan=False) + "\n")
+        for name in UNIT_FILES:
+            _fsync(tmp / name)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if final.exists():  # a stale unit of the same epoch (e.g. one that did not load): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # the commit point
+        _fsync(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for _, old in _units(run_dir)[KEEP_UNITS:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _clean_partial(run_dir: Path) -> None:
+    for p in run_dir.glob(".ckpt-*.part"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def load_unit(run_dir: Path, fingerprint: str, seed: int):
+    """(state, model, unit folder) of the newest usable unit, or None. Unusable units are skipped."""
+    for epoch, unit in _units(run_dir):
+        state = _read_unit(unit, epoch, fingerprint, seed)
+        if state is None:
+            continue
+        try:
+            model = keras.models.load_model(unit / "model.keras")
+        except Exception as exc:  # a damaged archive: fall back to the previous unit
+            print(f"ignoring checkpoint {unit}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            continue
+        return state, model, unit
+    return None
+
+
+# ---------------------------------------------------------------------------------------- controller
+class CheckpointController(keras.callbacks.Callback):
+    """Per epoch: adds val_macro_f1 (over `score_classes`) to the logs, updates best / patience, writes the
+    atomic checkpoint unit, and stops training when patience runs out. Must come first among callbacks, so
+    later ones (e.g. MLflow's) see val_macro_f1."""
+
+    def __init__(self, x_val, y_val, score_classes, run_dir: Path, cfg: FitConfig, state: dict,
+                 unit: Path | None):
         super().__init__()
         self.x_val, self.y_val, self.classes = x_val, y_val, list(score_classes)
-        self.run_dir, self.cfg, self.state = run_dir, cfg, state
+        self.run_dir, self.cfg, self.state, self.unit = run_dir, cfg, state, unit
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -55,40 +192,37 @@ class ValMacroF1(keras.callbacks.Callback):
         st = self.state
         for key, value in logs.items():
             st["history"].setdefault(key, []).append(float(value))
-        if score > st["best"] + self.cfg.min_delta:
+        improved = score > st["best"] + self.cfg.min_delta
+        if improved:
             st.update(best=score, best_epoch=epoch + 1, wait=0)
-            with atomic_path(self.run_dir / "best.keras", suffix=".keras") as tmp:
-                self.model.save(tmp)
         else:
             st["wait"] += 1
         st["epoch"] = epoch + 1
-        with atomic_path(self.run_dir / "last.keras", suffix=".keras") as tmp:
-            self.model.save(tmp)
-        write_json(self.run_dir / "state.json", st)  # written last: it vouches for last.keras
+        self.unit = write_unit(self.run_dir, self.model, st, improved, self.unit)
         print(f"epoch {epoch + 1}: val_macro_f1 {score:.4f} (best {st['best']:.4f} at epoch {st['best_epoch']})",
               flush=True)
-        if st["wait"] >= self.cfg.patience:
+        if self.done:
             self.model.stop_training = True
 
-
-def _load_state(run_dir: Path, fingerprint: str) -> dict | None:
-    path = run_dir / "state.json"
-    if not path.exists() or not (run_dir / "last.keras").exists():
-        return None
-    state = json.loads(path.read_text())
-    return state if state.get("fingerprint") == fingerprint else None
+    @property
+    def done(self) -> bool:
+        return self.state["wait"] >= self.cfg.patience or self.state["epoch"] >= self.cfg.epochs
 
 
 def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: Path, fingerprint: str,
-        seed: int = 0, verbose: int | None = None):
+        seed: int = 0, verbose: int | None = None, callbacks=()):
     """Train (or resume) and return (best_model, state). `build_model()` returns an uncompiled model.
 
     train/val are (x, y_int); x is an array or a dict of arrays. Labels become one-hot here.
+    `callbacks` are extra Keras callbacks (e.g. MLflow's), run after the checkpoint controller. The loop
+    calls `model.fit` once per epoch (initial_epoch=e, epochs=e+1), so they see on_train_begin/end
+    per epoch and on_epoch_* with the true epoch index.
     """
+    run_dir = Path(run_dir)
     ensure_dir(run_dir)
-    n_classes = None
-    state = _load_state(run_dir, fingerprint)
-    if state is None:
+    _clean_partial(run_dir)
+    loaded = load_unit(run_dir, fingerprint, seed)
+    if loaded is None:
         shutil.rmtree(run_dir, ignore_errors=True)
         ensure_dir(run_dir)
         state = {"fingerprint": fingerprint, "epoch": 0, "best": -1.0, "best_epoch": 0, "wait": 0,
@@ -97,16 +231,21 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
         model = build_model()
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
                       metrics=["accuracy"], jit_compile=False)
+        unit = None
     else:
+        state, model, unit = loaded
         print(f"resuming {run_dir} after epoch {state['epoch']}", flush=True)
-        keras.utils.set_random_seed(seed + state["epoch"])
-        model = keras.models.load_model(run_dir / "last.keras")
-    n_classes = model.output_shape[-1]
-    done = state["wait"] >= cfg.patience or state["epoch"] >= cfg.epochs
-    if not done:
-        callback = ValMacroF1(val[0], val[1], score_classes, run_dir, cfg, state)
-        model.fit(train[0], keras.utils.to_categorical(train[1], n_classes), batch_size=cfg.batch_size,
-                  epochs=cfg.epochs, initial_epoch=state["epoch"], shuffle=True, callbacks=[callback],
-                  verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
-    best = keras.models.load_model(run_dir / "best.keras")
+    controller = CheckpointController(val[0], val[1], score_classes, run_dir, cfg, state, unit)
+    x, y = train[0], np.asarray(train[1])
+    y_onehot = keras.utils.to_categorical(y, model.output_shape[-1])
+    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    while not controller.done:
+        epoch = state["epoch"]
+        order = epoch_order(len(y), seed, epoch)
+        seed_epoch(model, seed, epoch)
+        model.fit(_take(x, order), y_onehot[order], batch_size=cfg.batch_size, initial_epoch=epoch,
+                  epochs=epoch + 1, shuffle=False, callbacks=[controller, *callbacks], verbose=verbose)
+        if state["epoch"] != epoch + 1:  # a callback stopped training before the epoch ended
+            raise RuntimeError(f"epoch {epoch + 1} of {run_dir} did not finish")
+    best = keras.models.load_model(controller.unit / "best.keras")
     return best, state
