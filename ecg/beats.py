@@ -105,6 +105,26 @@ def rr_features(beat_samples: np.ndarray, fs: int, local_beats: int) -> np.ndarr
     return np.stack([pre / local, post / local, pre / record, post / record, local / record], axis=1)
 
 
+# Median RR over a whole record at the header's sampling rate must lie in this range (seconds):
+# 42..240 bpm. MIT-BIH records span 0.53..1.20 s; a header claiming 128 Hz for a 360 Hz signal
+# stretches every interval 2.8x (>= 1.50 s on all 48 records), and one claiming too high a rate
+# squeezes them below 0.25 s. Median heart rates outside this range over a Holter record are
+# not physiological for these databases, so the header's rate is taken to be wrong.
+MEDIAN_RR_RANGE_S = (0.25, 1.43)
+
+
+def check_rate_plausible(beat_samples: np.ndarray, fs: float, source: str) -> None:
+    """Reject a record whose beat spacing at the header's rate is not a plausible heart rate."""
+    if len(beat_samples) < 3:
+        return
+    rr = float(np.median(np.diff(beat_samples))) / fs
+    lo, hi = MEDIAN_RR_RANGE_S
+    if not lo <= rr <= hi:
+        raise RecordError(
+            f"{source}: median RR interval {rr:.3f} s ({60 / rr:.0f} bpm) at the declared {fs:g} Hz is outside "
+            f"{lo}..{hi} s ({60 / hi:.0f}..{60 / lo:.0f} bpm); the header's sampling rate is probably wrong")
+
+
 def extract_beats(rec: Record, fs: int, band, order: int, half: int, local_beats: int) -> dict:
     """All AAMI-labelled beats of a record with a full window and both neighbouring RRs."""
     source = f"{rec.name}.dat"
@@ -112,6 +132,7 @@ def extract_beats(rec: Record, fs: int, band, order: int, half: int, local_beats
     labels = class_index(rec.ann_symbols, f"{rec.name}.atr")
     if rec.fs < 50:
         raise RecordError(f"{rec.name}.hea: unexpected sampling rate {rec.fs} Hz (below 50 Hz)")
+    check_rate_plausible(rec.ann_samples[labels >= 0], rec.fs, f"{rec.name}.hea")
     sig, samples = resample(rec.signal, rec.ann_samples, rec.fs, fs)
     sig = bandpass(sig, fs, band, order)
     is_beat = labels >= 0

@@ -8,6 +8,11 @@ from pipeline.params import ParamsError, load_section
 
 # Databases whose layout (one .hea/.dat/.atr per record) the ingest stage knows.
 KNOWN_DATABASES = {"mitdb", "svdb", "incartdb", "nstdb", "ltafdb", "edb"}
+# Beat window bounds in ms. Below 200 ms the window cannot hold a QRS complex (80-120 ms) with
+# any context; above 3000 ms (two RR intervals at 40 bpm) it is mostly neighbouring beats and
+# drops every beat within 1.5 s of a record edge. 0.1 ms (a 1-sample window) or 4000000 ms
+# (0 beats) are typing errors, not choices.
+WINDOW_MS_RANGE = (200.0, 3000.0)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,10 @@ class EcgData:
         band = self.bandpass_hz
         if len(band) != 2 or not 0 < band[0] < band[1] < self.fs / 2:
             raise ParamsError(f"bandpass_hz: need [low, high] with 0 < low < high < fs/2, got {list(self.bandpass_hz)}")
-        if self.window_ms <= 0:
-            raise ParamsError(f"window_ms: must be positive, got {self.window_ms}")
+        lo, hi = WINDOW_MS_RANGE
+        if not lo <= self.window_ms <= hi:
+            raise ParamsError(f"window_ms: must lie in {lo}..{hi} ms (a QRS complex with context, at most about "
+                              f"two RR intervals at 40 bpm), got {self.window_ms}")
         if self.n_folds < 2:
             raise ParamsError(f"n_folds: need at least 2, got {self.n_folds}")
         if self.local_rr_beats < 1 or self.filter_order < 1:

@@ -46,6 +46,19 @@ def available_records(raw: Path, cfg: config.EcgData) -> list[int]:
     return present
 
 
+def check_folds(n_folds: int, ds1_counts: dict[int, np.ndarray]) -> int:
+    """ecg_data.n_folds must not exceed the DS1 records; warn when a scored class is too rare to reach every fold."""
+    if n_folds > len(ds1_counts):
+        raise RecordError(f"ecg_data.n_folds: {n_folds} patient-wise folds need at least {n_folds} DS1 records, "
+                          f"have {len(ds1_counts)} ({sorted(ds1_counts)}); lower ecg_data.n_folds")
+    for i, c in enumerate(SCORE_CLASSES):
+        having = sum(1 for v in ds1_counts.values() if v[i] > 0)
+        if having < n_folds:
+            print(f"prepare_ecg: warning: ecg_data.n_folds={n_folds} but only {having} DS1 record(s) hold class "
+                  f"{c}; some validation folds will have no {c} beats", file=sys.stderr)
+    return n_folds
+
+
 def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
     split = dechazal_split(available_records(raw, cfg))
     records = split["DS1"] + split["DS2"]
@@ -60,8 +73,8 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
     k = len(AAMI_CLASSES)
     counts = {b["record"]: np.bincount(b["y"], minlength=k) for b in per_record}
     ds1_counts = {r: counts[r] for r in split["DS1"]}
-    n_folds = min(cfg.n_folds, len(ds1_counts))
     scored = [AAMI_CLASSES.index(c) for c in SCORE_CLASSES]
+    n_folds = check_folds(cfg.n_folds, {r: c[scored] for r, c in ds1_counts.items()})
     folds = balanced_folds({r: c[scored] for r, c in ds1_counts.items()}, n_folds)
     fold_of = {r: f for f, recs in folds.items() for r in recs}
     arrays = {
@@ -78,6 +91,13 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
         name: {c: int(sum(counts[r][i] for r in split[name])) for i, c in enumerate(AAMI_CLASSES)}
         for name in ("DS1", "DS2")
     }
+    for name, n in (("DS1", int((~in_ds2).sum())), ("DS2", int(in_ds2.sum()))):
+        if n == 0:
+            raise RecordError(f"{raw}: split {name} has 0 beats (records {split[name]}, "
+                              f"ecg_data.window_ms={cfg.window_ms}); refusing to write an empty split")
+    for f, recs in folds.items():
+        if not np.isin(arrays["record"], recs).any():
+            raise RecordError(f"{raw}: DS1 fold {f} (records {recs}) has 0 beats; refusing to write it")
     summary["records"] = split
     summary["folds"] = {str(f): recs for f, recs in folds.items()}
     meta = {

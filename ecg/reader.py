@@ -37,12 +37,27 @@ def _check_dat_sizes(base: Path, header) -> None:
             raise RecordError(f"{path}: signal file missing (named in {base}.hea)")
         if bytes_per_frame == 0:
             continue  # unknown format: let wfdb decide
-        expected = int(np.ceil(header.sig_len * bytes_per_frame))
+        offset = _byte_offset(header, fname)
+        expected = offset + int(np.ceil(header.sig_len * bytes_per_frame))
         actual = path.stat().st_size
         if actual < expected:
             raise RecordError(
                 f"{path}: truncated or header/sample-count mismatch: {base}.hea declares {header.sig_len} "
                 f"samples ({expected} bytes) but the file has {actual} bytes")
+        if actual - expected >= np.ceil(bytes_per_frame):  # more than format padding: samples would be ignored
+            held = int((actual - offset) // bytes_per_frame)
+            raise RecordError(
+                f"{path}: header/sample-count mismatch: {base}.hea declares {header.sig_len} samples "
+                f"({expected} bytes) but the file holds {actual} bytes (~{held} samples); "
+                f"the rest of the signal would be silently ignored")
+
+
+def _byte_offset(header, fname: str) -> int:
+    offsets = getattr(header, "byte_offset", None) or []
+    for name, off in zip(header.file_name, offsets):
+        if name == fname and off:
+            return int(off)
+    return 0
 
 
 def pick_lead(names, preferred: str, fallbacks) -> str:

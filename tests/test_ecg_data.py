@@ -225,7 +225,10 @@ def write_params(path: Path, **ecg) -> Path:
     ("records", "[]", r"records: the record list is empty"),
     ("records", "some", r"records: must be 'all'"),
     ("database", "nosuchdb", r"database: unknown database 'nosuchdb'"),
-    ("window_ms", "-5", r"window_ms: must be positive"),
+    ("window_ms", "-5", r"window_ms: must lie in 200.0\.\.3000\.0 ms"),
+    ("window_ms", "0.1", r"window_ms: must lie in"),
+    ("window_ms", "4000000", r"window_ms: must lie in"),
+    ("verify", "maybe", r"'ecg_data\.verify' must be true or false"),
     ("class_map", "aami", r"unknown key\(s\) \['class_map'\] in 'ecg_data'"),
     ("split", "dechazal2004", r"unknown key\(s\) \['split'\] in 'ecg_data'"),
     ("window_sz", "700", r"unknown key\(s\) \['window_sz'\] in 'ecg_data'"),
@@ -381,7 +384,7 @@ def run_prepare(tmp_path, raw, **params):
 
 def test_prepare_writes_consistent_outputs(tmp_path, raw4):
     from pipeline.io import read_json
-    out, metrics = run_prepare(tmp_path, raw4, records="all")
+    out, metrics = run_prepare(tmp_path, raw4, records="all", n_folds=2)
     meta, summary = read_json(out / "meta.json"), read_json(metrics)
     with np.load(out / "beats.npz") as z:
         d = {k: z[k] for k in z.files}
@@ -406,7 +409,7 @@ def test_prepare_failing_midway_leaves_no_outputs(tmp_path, raw4):
     dat = raw4 / "103.dat"  # the last record processed (DS1 first, then DS2 100, 103)
     dat.write_bytes(dat.read_bytes()[:500])
     with pytest.raises(RecordError, match=r"103\.dat"):
-        run_prepare(tmp_path, raw4, records="all")
+        run_prepare(tmp_path, raw4, records="all", n_folds=2)
     assert not (tmp_path / "ecg" / "beats.npz").exists()
     assert not (tmp_path / "ecg" / "meta.json").exists()
     assert not (tmp_path / "reports" / "dataset.json").exists()

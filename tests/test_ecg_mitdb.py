@@ -28,7 +28,7 @@ needs_mitdb = pytest.mark.skipif(not (MITDB / "RECORDS").exists(), reason=f"no M
 def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mitdb")
     params = tmp / "params.yaml"
-    params.write_text(f"ecg_data:\n  records: {list(RECORDS)}\n  mirror: \"{MITDB}\"\n")
+    params.write_text(f"ecg_data:\n  records: {list(RECORDS)}\n  mirror: \"{MITDB}\"\n  n_folds: 2\n")
     raw, out, metrics = tmp / "raw", tmp / "ecg", tmp / "dataset.json"
     from ecg import config
     stats = ingest.ingest(config.load(params), raw, ingest.MirrorSource(MITDB))
