@@ -1,4 +1,4 @@
-"""PNG figures (confusion, reliability, training history) and DVC plot rows.
+"""PNG figures (confusion, reliability, training history) and the rows of the DVC plot files.
 
 Every plot function creates the parent folder, saves a PNG at `path`, closes
 the figure and returns `path` as a Path.
@@ -88,14 +88,17 @@ def plot_history(history, path) -> Path:
     return _save(fig, path)
 
 
-def dvc_confusion_rows(y_true, y_pred, class_names) -> list[dict]:
-    """One {"actual", "predicted"} row per sample, for DVC's confusion template."""
+def dvc_confusion_counts(cm, class_names) -> list[dict]:
+    """One {"actual", "predicted", "count"} row per cell of the confusion matrix (zeros included),
+    for the `confusion_counts` DVC template (.dvc/plots/confusion_counts.json)."""
+    cm = np.asarray(cm, dtype=np.int64)
     names = list(class_names)
-    return [{"actual": names[t], "predicted": names[p]}
-            for t, p in zip(np.asarray(y_true).tolist(), np.asarray(y_pred).tolist())]
+    return [{"actual": names[i], "predicted": names[j], "count": int(cm[i, j])}
+            for i in range(len(names)) for j in range(len(names))]
 
 
-def dvc_reliability_rows(bins) -> list[dict]:
-    """{"confidence", "accuracy", "count"} per non-empty reliability bin."""
-    return [{"confidence": float(c), "accuracy": float(a), "count": int(n)}
+def dvc_reliability_rows(bins, calibration: str) -> list[dict]:
+    """{"confidence", "accuracy", "count", "calibration"} per non-empty reliability bin, for the
+    `reliability` DVC template (one line per calibration value, plus the diagonal)."""
+    return [{"confidence": float(c), "accuracy": float(a), "count": int(n), "calibration": calibration}
             for c, a, n in zip(bins["confidence"], bins["accuracy"], bins["count"]) if n]

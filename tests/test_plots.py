@@ -2,7 +2,7 @@ import numpy as np
 
 from pipeline.calibration import reliability_bins
 from pipeline.plots import (
-    dvc_confusion_rows, dvc_reliability_rows, plot_confusion, plot_history, plot_reliability,
+    dvc_confusion_counts, dvc_reliability_rows, plot_confusion, plot_history, plot_reliability,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,9 @@ def test_plots_write_png(tmp_path):
 
 
 def test_dvc_rows():
-    rows = dvc_confusion_rows(np.array([0, 1]), np.array([1, 1]), ["N", "S"])
-    assert rows == [{"actual": "N", "predicted": "S"}, {"actual": "S", "predicted": "S"}]
+    rows = dvc_confusion_counts(np.array([[3, 1], [0, 2]]), ["N", "S"])
+    assert rows == [{"actual": "N", "predicted": "N", "count": 3}, {"actual": "N", "predicted": "S", "count": 1},
+                    {"actual": "S", "predicted": "N", "count": 0}, {"actual": "S", "predicted": "S", "count": 2}]
     bins = reliability_bins(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]), n_bins=5)
-    assert dvc_reliability_rows(bins) == [{"confidence": 0.9, "accuracy": 0.5, "count": 2}]
+    assert dvc_reliability_rows(bins, "after") == [{"confidence": 0.9, "accuracy": 0.5, "count": 2,
+                                                    "calibration": "after"}]

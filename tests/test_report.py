@@ -4,22 +4,30 @@
 """
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline import assess
-from pipeline.io import save_npz, write_json
+from ecg.evaluate import ADAPTER as ECG
+from ecg.report import REPORT as ECG_REPORT
+from pipeline.evaluate import EvaluateParams, Inputs, write_outputs
+from pipeline.io import write_json
 from pipeline.report import compare, tables
-from pipeline.report.runs import ARMS, ReportError, Run, load_metrics, load_run
+from pipeline.report.runs import ReportError, Run, load_metrics, load_run
 from pipeline.report.stage import ReportParams, build, main
+from vision.evaluate import ADAPTER as VISION
+from vision.report import REPORT as VISION_REPORT
 
 ROOT = Path(__file__).resolve().parents[1]
 ECG_CLASSES = ["N", "S", "V", "F", "Q"]
-CFG = ReportParams(bootstrap=200, seed=42, ece_bins=10, max_errors=4)
+EVAL = EvaluateParams(bootstrap=200, ece_bins=10, seed=42)
+CFG = ReportParams(max_errors=4, arms=("ecg", "vision"))
 VOID = {"img", "meta", "br", "hr", "input", "link", "col", "source", "wbr"}
 
 
@@ -32,75 +40,69 @@ def _probs(rng, y, n_classes, sharp, never=None):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _scored_run(rng, classes, p, groups, sharp, never, score_classes, seed):
+def _write_run(root, adapter, name, rng, classes, scored, p, groups, sharp, never, trained, errors, **facts):
+    """Synthetic predictions through the evaluate stage's own writer (MLflow replaced by a stub)."""
     n = len(groups)
     y, yv = rng.choice(len(classes), size=n, p=p), rng.choice(len(classes), size=n, p=p)
     probs, pv = _probs(rng, y, len(classes), sharp, never), _probs(rng, yv, len(classes), sharp, never)
-    res = assess.score(y, probs, yv, pv, groups, classes, score_classes, n_boot=CFG.bootstrap, n_bins=10, seed=seed)
-    worst = assess.top_errors(y, res["_probs_after"], k=6)
-    return y, probs, res, worst
+    inputs = Inputs(x=None, y=y, groups=groups, classes=classes, scored=scored, validation=None,
+                    errors=lambda idx: {"error_x": errors(len(idx))}, **facts)
+    write_outputs(adapter, name, EVAL, root, trained, inputs, probs, (yv, pv),
+                  lambda metrics, figures: (f"run-{name}", f"models:/{name}"))
+    return name
 
 
 def _ecg_run(root, rng, loss, never, val, sharp):
-    name = f"tiny1d-{loss}"
-    groups = np.repeat(np.arange(100, 106), 100)
-    y, probs, res, worst = _scored_run(rng, ECG_CLASSES, [0.78, 0.09, 0.08, 0.04, 0.01], groups, sharp,
-                                       never, (0, 1, 2, 3), CFG.seed)
-    metrics = {"model": "tiny1d", "loss": loss, "split": "DS2", **assess.public(res), "val_macro_f1": val,
-               "val_records": [104, 105], "mlflow_run_id": f"run-{loss}",
-               "model_info": {"name": "tiny1d", "params": 1234, "receptive_field_samples": 9}}
-    metrics["per_class"] = {c: metrics["per_class"][c] for c in ECG_CLASSES[:4]}
-    write_json(root / "metrics/ecg" / f"{name}.json", metrics)
     t = np.linspace(-1, 1, 253)
-    art = root / "artifacts/ecg" / name
-    save_npz(art / "eval.npz", y_true=y, probs=res["_probs_after"], probs_before=probs, group=groups,
-             error_index=worst, error_x=np.exp(-(t / 0.05) ** 2)[None, :] * (1 + rng.random((len(worst), 1))))
     history = {"loss": [1.0, 0.6, 0.5], "val_macro_f1": [0.3, 0.5, 0.55]}
     fit = {"history": history, "best_epoch": 3, "epochs_run": 3, "val_macro_f1": 0.55}
-    train = {"model": "tiny1d", "loss": loss, "model_info": metrics["model_info"], "mlflow_run_id": f"run-{loss}"}
+    train = {"history": history, "val_records": [104, 105]}
     if loss == "focal":  # cross-validated training: one fit per held-out fold
-        train.update(history=history, folds={"0": fit, "1": dict(fit, best_epoch=2)})
-    else:
-        train.update(fit)
-    write_json(art / "train.json", train)
-    return name
+        train["folds"] = {"0": fit, "1": dict(fit, best_epoch=2)}
+    trained = {"model": "tiny1d", "loss": loss, "val_macro_f1": val,
+               "model_info": {"name": "tiny1d", "params": 1234, "receptive_field_samples": 9}}
+    return _write_run(root, ECG, f"tiny1d-{loss}", rng, ECG_CLASSES, ECG_CLASSES[:4], [0.78, 0.09, 0.08, 0.04, 0.01],
+                      np.repeat(np.arange(100, 106), 100), sharp, never, trained,
+                      lambda k: np.exp(-(t / 0.05) ** 2)[None, :] * (1 + rng.random((k, 1))), train=train)
 
 
 def _vision_run(root, rng, regime, val, sharp):
-    name = f"pneumoniamnist-tinynet-{regime}-ce"
-    groups = np.arange(300)
-    y, probs, res, worst = _scored_run(rng, ["normal", "pneumonia"], [0.4, 0.6], groups, sharp, None, (0, 1), 7)
-    pc = {c: {"precision": r["ppv"], "recall": r["se"], "f1": r["f1"], "n": r["n"], "specificity": r["spec"]}
-          for c, r in res["per_class"].items()}
-    metrics = {"dataset": "pneumoniamnist", "model": "tinynet", "regime": regime, "loss": "ce", "split": "test",
-               "accuracy": res["accuracy"], "auc": 0.9, "macro_f1": res["macro_f1"], "per_class": pc,
-               "ece": res["ece"], "ci95": {k: res["ci95"][k] for k in ("accuracy", "macro_f1")},
-               "mlflow_run_id": f"vis-{regime}", "val_macro_f1": val, "temperature": res["temperature"],
+    classes = ["normal", "pneumonia"]
+    trained = {"dataset": "pneumoniamnist", "model": "tinynet", "regime": regime, "loss": "ce", "val_macro_f1": val,
                "model_info": {"params": 5000, "input_size": [28, 28, 1], "backbone_source": "cifar10"}}
-    write_json(root / "metrics/vision" / f"{name}.json", metrics)
-    save_npz(root / "artifacts/vision" / name / "eval.npz", y_true=y, probs=res["_probs_after"],
-             probs_before=probs, group=groups, error_index=worst,
-             error_x=rng.integers(0, 255, (len(worst), 28, 28, 1)).astype(np.uint8))
-    return name
+    data = {"dataset": "pneumoniamnist", "channels": 1, "image_size": [28, 28],
+            "n_per_class": {s: {"normal": n // 3, "pneumonia": n - n // 3}
+                            for s, n in (("train", 900), ("val", 100), ("test", 300))}}
+    return _write_run(root, VISION, f"pneumoniamnist-tinynet-{regime}-ce", rng, classes, classes, [0.4, 0.6],
+                      np.arange(300), sharp, None, trained,
+                      lambda k: rng.integers(0, 255, (k, 28, 28, 1)).astype(np.uint8), data=data)
+
+
+_MADE: dict = {}  # vision flag -> (folder, names): each fixture is made once per session, then copied
 
 
 def write_fixture(root: Path, vision: bool = True) -> dict:
     """Synthetic ECG (and vision) runs under root; returns {arm: [run names]}."""
+    if vision not in _MADE:
+        made = Path(tempfile.mkdtemp(prefix="report-fixture-"))
+        atexit.register(shutil.rmtree, made, True)
+        _MADE[vision] = made, _make_fixture(made, vision)
+    made, names = _MADE[vision]
+    shutil.copytree(made, root, dirs_exist_ok=True)
+    return names
+
+
+def _make_fixture(root: Path, vision: bool) -> dict:
     rng = np.random.default_rng(0)
     write_json(root / "data/ecg/meta.json", {
         "database": "mitdb", "fs": 360, "window_samples": 253, "r_peak_index": 126, "window_ms": 700.0,
-        "classes": ECG_CLASSES, "bandpass_hz": [0.5, 40.0], "excluded_paced": [102, 104, 107, 217],
-        "leads": {str(r): "MLII" for r in range(100, 112)}})
+        "classes": ECG_CLASSES, "score_classes": ECG_CLASSES[:4], "bandpass_hz": [0.5, 40.0],
+        "excluded_paced": [102, 104, 107, 217], "leads": {str(r): "MLII" for r in range(100, 112)}})
     write_json(root / "reports/ecg/dataset.json", {
         "DS1": dict(zip(ECG_CLASSES, [500, 50, 40, 20, 5])), "DS2": dict(zip(ECG_CLASSES, [470, 54, 48, 24, 4])),
         "records": {"DS1": [101, 106, 201], "DS2": [100, 103, 202]}, "folds": {"0": [101], "1": [106, 201]}})
     runs = {"ecg": [_ecg_run(root, rng, "ce", None, 0.61, 2.5), _ecg_run(root, rng, "focal", 3, 0.58, 2.0)]}
     if vision:
-        write_json(root / "data/vision/pneumoniamnist.json", {
-            "dataset": "pneumoniamnist", "class_names": ["normal", "pneumonia"], "n_classes": 2, "channels": 1,
-            "image_size": [28, 28], "n": {"train": 900, "val": 100, "test": 300},
-            "n_per_class": {s: {"normal": n // 3, "pneumonia": n - n // 3}
-                            for s, n in (("train", 900), ("val", 100), ("test", 300))}})
         runs["vision"] = [_vision_run(root, rng, "frozen", 0.7, 1.0), _vision_run(root, rng, "finetune", 0.8, 3.0)]
     return runs
 
@@ -163,9 +165,7 @@ def check_run_page(page: PageParser, metrics: dict):
     assert page.rows["headline-table"] == list(metrics["per_class"])
     for c in (x for x in page.cells if x["table"] == "headline-table"):
         row = metrics["per_class"][c["row"]["data-class"]]
-        key = next((k for k in tables.ALIASES[c["metric"]] if k in row), None)
-        if key is not None:
-            assert as_value(c["value"]) == row[key], (c, row)
+        assert as_value(c["value"]) == row[c["metric"]], (c, row)
 
 
 def _html(path):
@@ -201,7 +201,28 @@ def test_pages_match_metrics_and_index_links_all(full):
             check_run_page(page, metrics)
             assert all(src.startswith("data:image/png;base64,") for src in page.images) and page.images
             assert not [u for u in page.links if u.startswith(("http:", "https:", "//"))]
-            assert metrics["mlflow_run_id"] in page.text
+            info = json.loads((tmp_path / "artifacts" / arm / name / "eval.json").read_text())
+            assert info["mlflow_run_id"] == f"run-{name}" and info["mlflow_run_id"] in page.text
+            assert _numbers_only(metrics), metrics
+
+
+def _numbers_only(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(_numbers_only(v) for v in obj.values())
+    return obj is None or (isinstance(obj, (int, float)) and not isinstance(obj, bool))
+
+
+def test_metrics_vocabulary_is_shared(full):
+    """Both arms' metrics files use one vocabulary, intervals as {lo, hi}; strings live in eval.json."""
+    tmp_path, names = full
+    files = {arm: json.loads((tmp_path / "metrics" / arm / f"{runs[0]}.json").read_text()) for arm, runs in names.items()}
+    for arm, m in files.items():
+        assert {"accuracy", "macro_f1", "per_class", "ece", "brier", "nll", "temperature", "ci95",
+                "val_macro_f1"} <= set(m), arm
+        assert all(set(row) == {"se", "ppv", "f1", "spec", "n"} for row in m["per_class"].values())
+        assert set(m["ci95"]["macro_f1"]) == {"lo", "hi"} and m["ci95"]["macro_f1"]["lo"] <= m["macro_f1"]
+    assert "auc" in files["vision"] and "auc" not in files["ecg"]
+    assert list(files["ecg"]["per_class"]) == ["N", "S", "V", "F"]  # meta.json's score_classes: Q unscored
 
 
 def test_undefined_value_shows_reason_not_zero(ecg_only):
@@ -255,7 +276,9 @@ def test_missing_eval_npz_degrades_and_bad_one_is_named(tmp_path):
     eval_npz.unlink()
     build(tmp_path, tmp_path / "out", CFG)
     page = _html(tmp_path / "out/runs/ecg/tiny1d-ce.html")
-    assert "eval.npz not found" in page.text and "no eval.npz, so no interval" in page.text
+    assert "eval.npz not found" in page.text and "confusion-table" not in page.ids
+    info = json.loads((tmp_path / "artifacts/ecg/tiny1d-ce/eval.json").read_text())
+    assert tables.ci_text(info["class_ci95"]["S"]["f1"]) in page.text  # intervals come from eval.json
     check_run_page(page, json.loads((tmp_path / "metrics/ecg/tiny1d-ce.json").read_text()))
     eval_npz.write_bytes(b"not a zip")
     with pytest.raises(ReportError, match="tiny1d-ce/eval.npz"):
@@ -264,7 +287,7 @@ def test_missing_eval_npz_degrades_and_bad_one_is_named(tmp_path):
 
 def test_stage_main_fails_naming_malformed_file(tmp_path, capsys):
     write_fixture(tmp_path, vision=False)
-    (tmp_path / "params.yaml").write_text("report: {bootstrap: 20, seed: 1, ece_bins: 5, max_errors: 2}\n")
+    (tmp_path / "params.yaml").write_text("report: {max_errors: 2, arms: [ecg]}\n")
     args = ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "out")]
     assert main(args) == 0
     (tmp_path / "metrics/ecg/tiny1d-ce.json").write_text('{"model": ')
@@ -274,7 +297,7 @@ def test_stage_main_fails_naming_malformed_file(tmp_path, capsys):
 
 def test_text_is_escaped(tmp_path):
     write_fixture(tmp_path, vision=False)
-    path = tmp_path / "metrics/ecg/tiny1d-ce.json"
+    path = tmp_path / "artifacts/ecg/tiny1d-ce/eval.json"
     path.write_text(path.read_text().replace('"model": "tiny1d"', '"model": "<b>x</b>"'))
     build(tmp_path, tmp_path / "out", CFG)
     html = (tmp_path / "out/runs/ecg/tiny1d-ce.html").read_text()
@@ -282,30 +305,46 @@ def test_text_is_escaped(tmp_path):
 
 
 def test_failure_modes_and_contrast_wording():
-    run = Run(ARMS["ecg"], "x", Path("x.json"), {"per_class": {c: {"f1": None} for c in "NSVF"}},
+    run = Run(ECG_REPORT, "x", Path("x.json"), {"per_class": {c: {"f1": None} for c in "NSVF"}},
               classes=ECG_CLASSES)
     cm = np.array([[90, 2, 3, 0, 0], [30, 10, 0, 0, 0], [1, 0, 19, 0, 0], [3, 0, 2, 0, 0], [0, 0, 0, 0, 1]])
     modes = tables.failure_modes(run, cm)
     assert modes[0] == "No beat was predicted as F: all 5 F beats in the test set were missed."
     assert "S beats are most often called N (75.0% of S beats: 30 of 40)." in modes
-    assert "do not overlap: a is better" in compare.contrast("F1", ("a", 0.8, [0.7, 0.9]), ("b", 0.5, [0.4, 0.6]))
-    assert "cannot tell them apart" in compare.contrast("F1", ("a", 0.6, [0.4, 0.7]), ("b", 0.5, [0.4, 0.6]))
-    assert "no call" in compare.contrast("F1", ("a", None, None), ("b", 0.5, [0.4, 0.6]))
+    assert "do not overlap: a is better" in compare.contrast("F1", ("a", 0.8, _ci(0.7, 0.9)), ("b", 0.5, _ci(0.4, 0.6)))
+    assert "cannot tell them apart" in compare.contrast("F1", ("a", 0.6, _ci(0.4, 0.7)), ("b", 0.5, _ci(0.4, 0.6)))
+    assert "no call" in compare.contrast("F1", ("a", None, None), ("b", 0.5, _ci(0.4, 0.6)))
 
 
-def test_computed_f1_cis_equal_the_evaluate_stage_ones(ecg_only):
-    """Same seed and resamples as evaluate: the report's own bootstrap reproduces its F1 CIs."""
-    run = load_run(ecg_only, ARMS["ecg"], ecg_only / "metrics/ecg/tiny1d-ce.json")
-    cis = tables.class_cis(run, CFG.bootstrap, CFG.seed)
+def _ci(lo, hi):
+    return {"lo": lo, "hi": hi}
+
+
+def test_page_intervals_are_the_evaluate_stage_ones(ecg_only):
+    """The report recomputes no bootstrap: each per-class interval on the page is eval.json's."""
+    run = load_run(ecg_only, ECG_REPORT, ecg_only / "metrics/ecg/tiny1d-ce.json")
+    page = (ecg_only / "out/runs/ecg/tiny1d-ce.html").read_text()
     for c in "NSVF":
-        assert cis[f"{c}.f1"] == pytest.approx(run.metrics["ci95"][f"{c}_f1"])
+        for key, _ in tables.COLUMNS:
+            ci = run.info["class_ci95"][c][key]
+            assert ci is None or tables.ci_text(ci) in page, (c, key)
+    assert run.info["evaluate"]["bootstrap"] == EVAL.bootstrap and "200 resamples" in page
 
 
-@pytest.mark.skipif(not list((ROOT / "metrics").glob("*/*.json")), reason="no committed metrics files")
+def _committed_metrics():
+    files = sorted((ROOT / "metrics").glob("*/*.json"))
+    old = [p.name for p in files if not _numbers_only(json.loads(p.read_text()))]
+    return files, old
+
+
+@pytest.mark.skipif(not _committed_metrics()[0], reason="no committed metrics files")
 def test_report_on_committed_files(tmp_path):
-    written = build(ROOT, tmp_path, ReportParams(bootstrap=200))
+    files, old = _committed_metrics()
+    if old:
+        pytest.skip(f"committed metrics predate the numbers-only vocabulary (rerun the evaluate stages): {old[:3]}")
+    written = build(ROOT, tmp_path, ReportParams())
     index = _html(tmp_path / "index.html")
-    for metrics_path in sorted((ROOT / "metrics").glob("*/*.json")):
+    for metrics_path in files:
         rel = f"runs/{metrics_path.parent.name}/{metrics_path.stem}.html"
         assert rel in index.links and tmp_path / rel in written
         check_run_page(_html(tmp_path / rel), json.loads(metrics_path.read_text()))
@@ -314,20 +353,23 @@ def test_report_on_committed_files(tmp_path):
 class _FakeRun:
     def __init__(self, model, regime, macro, ci, val):
         self.name = f"ds-{model}-{regime}-ce"
-        self.arm = type("Arm", (), {"name": "vision"})()
-        self.metrics = {"dataset": "ds", "model": model, "regime": regime, "loss": "ce", "macro_f1": macro,
-                        "accuracy": macro, "ci95": {"macro_f1": ci, "accuracy": ci}, "val_macro_f1": val,
-                        "per_class": {"a": {"f1": macro, "n": 10}}}
-        self.scored, self.cis = ["a"], {}
+        self.arm = VISION_REPORT
+        self.info = {"dataset": "ds", "model": model, "regime": regime, "loss": "ce"}
+        self.metrics = {"macro_f1": macro, "accuracy": macro, "ci95": {"macro_f1": _ci(*ci), "accuracy": _ci(*ci)},
+                        "val_macro_f1": val, "per_class": {"a": {"f1": macro, "n": 10}}}
+        self.scored = ["a"]
 
     def get(self, key):
-        return self.metrics.get(key)
+        return self.metrics[key] if key in self.metrics else self.info.get(key)
+
+    def class_ci(self, cls, key):
+        return None
 
 
 def test_compare_vision_backbones_and_regimes():
     runs = [_FakeRun("alexnet", "frozen", 0.9, [0.85, 0.95], 0.8), _FakeRun("vgg16", "frozen", 0.6, [0.5, 0.7], 0.7),
             _FakeRun("alexnet", "finetune", 0.7, [0.6, 0.8], 0.6), _FakeRun("vgg16", "finetune", 0.65, [0.55, 0.75], 0.9)]
-    blocks = {b["title"]: b for b in compare.blocks("vision", runs)}
+    blocks = {b["title"]: b for b in compare.blocks(VISION_REPORT, runs)}
     assert set(blocks) == {"ds · alexnet · ce", "ds · vgg16 · ce", "ds · finetune · ce (backbones compared)",
                            "ds · frozen · ce (backbones compared)"}
     frozen = blocks["ds · frozen · ce (backbones compared)"]

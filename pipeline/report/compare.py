@@ -1,5 +1,4 @@
-"""Side-by-side runs: ECG losses per model; vision transfer regimes per (dataset, model, loss) and
-backbones per (dataset, regime, loss).
+"""Side-by-side runs, block by block, as each arm's descriptor plans them (pipeline.report.arm.Plan).
 
 The highlighted run of each block is the one with the best validation macro-F1
 (val_macro_f1 in its metrics file), never the best on test.
@@ -10,13 +9,6 @@ from itertools import combinations
 
 from pipeline.report.tables import ci_text, pct
 
-# arm -> plans of (keys fixing a block, key varying inside it, pairs to contrast (None: all),
-#                  per-class focus, title suffix)
-PLANS = {"ecg": ((("model",), "loss", (("focal", "ce"),), "rare", ""),),
-         "vision": ((("dataset", "model", "loss"), "regime", None, "all", ""),
-                    (("dataset", "regime", "loss"), "model", None, "all", " (backbones compared)"))}
-CHOICE = {"ecg": (), "vision": ("dataset",)}  # runs competing for the validation choice
-
 
 def rare_classes(runs) -> list[str]:
     """Scored classes except the most frequent one (by test n of the first run)."""
@@ -26,57 +18,54 @@ def rare_classes(runs) -> list[str]:
 
 
 def chosen(runs) -> set[str]:
-    """Names of the runs with the best val_macro_f1 within each choice group."""
+    """Names of the runs with the best val_macro_f1 within each choice group of their arm."""
     best: dict[tuple, object] = {}
     for r in runs:
         v = r.get("val_macro_f1")
-        key = tuple(r.get(k) for k in CHOICE[r.arm.name])
+        key = tuple(r.get(k) for k in r.arm.choice)
         if v is not None and (key not in best or v > best[key].get("val_macro_f1")):
             best[key] = r
     return {r.name for r in best.values()}
 
 
 def contrast(what: str, a: tuple, b: tuple) -> str:
-    """Plain-words comparison of (label, value, ci) a and b."""
+    """Plain-words comparison of (label, value, ci) a and b; ci is {lo, hi} or None."""
     (la, va, ca), (lb, vb, cb) = a, b
     if va is None or vb is None:
         return f"{what}: {la} {pct(va)} vs {lb} {pct(vb)}; undefined for one of them, so no call."
     text = f"{what}: {la} {pct(va)} ({ci_text(ca) or 'no CI'}) vs {lb} {pct(vb)} ({ci_text(cb) or 'no CI'})"
     if not ca or not cb:
         return text + "; an interval is missing, so no call."
-    if ca[0] > cb[1] or cb[0] > ca[1]:
+    if ca["lo"] > cb["hi"] or cb["lo"] > ca["hi"]:
         return text + f"; the 95% intervals do not overlap: {la if va > vb else lb} is better."
     return text + "; the 95% intervals overlap, so this test set cannot tell them apart."
 
 
 def _f1(run, cls):
-    ci95 = run.get("ci95") or {}
-    ci = ci95.get(f"{cls}_f1") if f"{cls}_f1" in ci95 else run.cis.get(f"{cls}.f1")
-    return run.metrics["per_class"].get(cls, {}).get("f1"), ci
+    return run.metrics["per_class"].get(cls, {}).get("f1"), run.class_ci(cls, "f1")
 
 
-def blocks(arm: str, runs) -> list[dict]:
+def blocks(arm, runs) -> list[dict]:
     """One table per block: {"title", "vary", "classes", "rows", "answers"}."""
     if not runs:
         return []
     picked = chosen(runs)
-    return [b for plan in PLANS[arm] for b in _plan_blocks(plan, runs, picked)]
+    return [b for plan in arm.plans for b in _plan_blocks(plan, runs, picked)]
 
 
 def _plan_blocks(plan, runs, picked) -> list[dict]:
-    fixed, vary, pairs, focus, suffix = plan
     groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault(tuple(r.get(k) for k in fixed), []).append(r)
+        groups.setdefault(tuple(r.get(k) for k in plan.fixed), []).append(r)
     out = []
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        rare = rare_classes(members) if focus == "rare" else members[0].scored
-        rows = [{"name": r.name, "label": r.get(vary), "chosen": r.name in picked,
+        shown = rare_classes(members) if plan.focus == "rare" else members[0].scored
+        rows = [{"name": r.name, "label": r.get(plan.vary), "chosen": r.name in picked,
                  "macro": (r.get("macro_f1"), (r.get("ci95") or {}).get("macro_f1")),
                  "accuracy": (r.get("accuracy"), (r.get("ci95") or {}).get("accuracy")),
-                 "f1": {c: _f1(r, c) for c in rare}, "val": r.get("val_macro_f1")} for r in members]
+                 "f1": {c: _f1(r, c) for c in shown}, "val": r.get("val_macro_f1")} for r in members]
         by_label = {row["label"]: row for row in rows}
-        todo = pairs or list(combinations(sorted(by_label), 2))
+        todo = plan.pairs or list(combinations(sorted(by_label), 2))
         answers = []
         for la, lb in todo:
             if la not in by_label or lb not in by_label:
@@ -84,10 +73,10 @@ def _plan_blocks(plan, runs, picked) -> list[dict]:
                 continue
             ra, rb = by_label[la], by_label[lb]
             answers.append(contrast("Macro-F1", (la, *ra["macro"]), (lb, *rb["macro"])))
-            if focus == "rare":
-                answers += [contrast(f"{c} F1", (la, *ra["f1"][c]), (lb, *rb["f1"][c])) for c in rare]
+            if plan.focus == "rare":
+                answers += [contrast(f"{c} F1", (la, *ra["f1"][c]), (lb, *rb["f1"][c])) for c in shown]
             else:
                 answers.append(contrast("Accuracy", (la, *ra["accuracy"]), (lb, *rb["accuracy"])))
-        out.append({"title": " · ".join(str(k) for k in key) + suffix, "vary": vary, "classes": rare,
+        out.append({"title": " · ".join(str(k) for k in key) + plan.suffix, "vary": plan.vary, "classes": shown,
                     "rows": rows, "answers": answers})
     return out

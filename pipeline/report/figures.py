@@ -1,8 +1,8 @@
 """Figures of one run as base64 PNG data URIs (matplotlib, Agg), so pages need no other file.
 
-Confusion, reliability and training-history figures reuse pipeline.plots; error examples
-are drawn here: a 1-D sample (an ECG beat window) as a trace with its centre marked,
-a 2-D or 3-D sample as an image.
+Confusion, reliability and training-history figures reuse pipeline.plots. Error examples are
+drawn by the arm's descriptor (`render_error`), with the helpers `trace` (a 1-D sample against
+a time axis, with a marker) and `image` (a 2-D or 3-D sample).
 """
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def confusion(cm, classes, title: str) -> str:
     return _via_file(plots.plot_confusion, cm, classes, title=title)
 
 
-def reliability(run, n_bins: int) -> str | None:
+def reliability(run) -> str | None:
     a = run.arrays
     if a is None:
         return None
+    n_bins = (run.info.get("evaluate") or {}).get("ece_bins") or 15
     y, after = a["y_true"], a["probs"]
     before = a["probs_before"].astype(np.float64) if "probs_before" in a else after
     ece = run.get("ece") or {}
@@ -66,21 +67,22 @@ def history(train: dict | None) -> str | None:
     return _via_file(plots.plot_history, curves) if curves else None
 
 
-def _trace_uri(x, fs, centre) -> str:
+def trace(x, t, xlabel: str, marker: str = "") -> str:
+    """A 1-D sample against the axis values `t`, with a dashed line (and `marker` text) at t = 0."""
     fig, ax = plt.subplots(figsize=(2.6, 1.7))
-    t = np.arange(len(x)) - centre
-    t = t * 1000.0 / fs if fs else t
     ax.plot(t, x, lw=1.0, color="#1f4e79")
     ax.axvline(0, color="#c0392b", ls="--", lw=0.8)
-    ax.text(0, 1.0, " R", color="#c0392b", fontsize=7, va="top", transform=ax.get_xaxis_transform())
-    ax.set_xlabel("ms from R peak" if fs else "samples from centre", fontsize=7)
+    if marker:
+        ax.text(0, 1.0, f" {marker}", color="#c0392b", fontsize=7, va="top", transform=ax.get_xaxis_transform())
+    ax.set_xlabel(xlabel, fontsize=7)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=True))
     ax.tick_params(labelsize=6)
     ax.set_yticks([])
     return _fig_uri(fig)
 
 
-def _image_uri(x) -> str:
+def image(x) -> str:
+    """A 2-D (grey) or 3-D (H, W, C) sample, contrast-stretched."""
     x = np.asarray(x, dtype=np.float64)
     x = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
     lo, hi = float(x.min()), float(x.max())
@@ -91,17 +93,23 @@ def _image_uri(x) -> str:
     return _fig_uri(fig)
 
 
-def errors(run, max_n: int, fs=None, centre=None) -> list[dict]:
+def _default_render(x, data) -> tuple[str, str]:
+    if np.ndim(x) == 1:
+        return trace(x, np.arange(len(x)) - len(x) // 2, "samples from centre"), "trace"
+    return image(x), "image"
+
+
+def errors(run, max_n: int) -> list[dict]:
     """The most confident errors: {"uri", "true", "pred", "confidence", "group", "kind"}."""
     a = run.arrays
     if a is None or "error_x" not in a or "error_index" not in a:
         return []
+    render = run.arm.render_error or _default_render
     out = []
     for i, x in zip(a["error_index"][:max_n], a["error_x"][:max_n]):
         p = a["probs"][int(i)]
         pred = int(p.argmax())
-        kind = "trace" if np.ndim(x) == 1 else "image"
-        uri = _trace_uri(x, fs, len(x) // 2 if centre is None else centre) if kind == "trace" else _image_uri(x)
+        uri, kind = render(x, run.data)
         out.append({"uri": uri, "kind": kind, "true": run.classes[int(a["y_true"][int(i)])],
                     "pred": run.classes[pred], "confidence": float(p[pred]),
                     "group": str(a["group"][int(i)]) if "group" in a else None})

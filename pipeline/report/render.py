@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, StrictUndefined
 
 from pipeline.io import write_text
 from pipeline.report import compare, figures, tables
-from pipeline.report.runs import ARMS
 
 TEMPLATES = Path(__file__).parent / "templates"
-TITLE_KEYS = ("dataset", "model", "regime", "loss")
 INFO_LABELS = {"name": "Architecture", "params": "Parameters",
                "receptive_field_samples": "Receptive field (samples)",
                "receptive_field_ms": "Receptive field (ms)"}
@@ -24,8 +22,11 @@ def _num(v) -> str:
     return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{v:,.1f}"
 
 
-def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+def environment(arms) -> Environment:
+    """Shared templates, plus each arm's macros file as '<arm>/<file name>'."""
+    loader = ChoiceLoader([FileSystemLoader(TEMPLATES), PrefixLoader(
+        {arm.name: FileSystemLoader(arm.template.parent) for arm in arms})])
+    env = Environment(loader=loader, autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=tables.pct, ci=tables.ci_text, num=_num,
                        dec=lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}")
@@ -33,7 +34,7 @@ def environment() -> Environment:
 
 
 def title(run) -> str:
-    return " · ".join(str(run.get(k)) for k in TITLE_KEYS if run.get(k) is not None)
+    return " · ".join(str(run.get(k)) for k in run.arm.keys if run.get(k) is not None) or run.name
 
 
 def href(run) -> str:
@@ -51,8 +52,8 @@ def _shown(v) -> str | None:
 
 
 def model_info(run) -> list[tuple[str, str]]:
-    """(label, text) of each plain model_info entry (train.json, else the metrics file)."""
-    info = (run.train or {}).get("model_info") or run.get("model_info") or {}
+    """(label, text) of each plain model_info entry of eval.json."""
+    info = run.info.get("model_info") or {}
     rows = [(INFO_LABELS.get(k, k.replace("_", " ").capitalize()), _shown(v)) for k, v in info.items()]
     return [(label, text) for label, text in rows if text is not None]
 
@@ -65,37 +66,36 @@ def confusion_rows(cm, classes) -> list[dict]:
     return rows
 
 
-def run_context(run, cfg) -> dict:
+def run_context(run, max_errors: int) -> dict:
     cm = tables.confusion(run)
-    meta = run.data.get("meta") or {}
     return {
-        "run": run, "title": title(run), "root": "../../", "arm_template": f"arm_{run.arm.name}.html",
+        "run": run, "title": title(run), "root": "../../", "arm_template": f"{run.arm.name}/{run.arm.template.name}",
         "macro": tables.overall(run, "macro_f1"), "accuracy": tables.overall(run, "accuracy"),
-        "columns": tables.COLUMNS, "rows": tables.headline(run, cm), "n_boot": cfg.bootstrap,
+        "columns": tables.COLUMNS, "rows": tables.headline(run), "n_boot": run.n_boot,
         "confusion": None if cm is None else confusion_rows(cm, run.classes),
         "confusion_uri": None if cm is None else figures.confusion(cm, run.classes, title(run)),
         "failure_modes": tables.failure_modes(run, cm),
-        "reliability_uri": figures.reliability(run, cfg.ece_bins), "ece": run.get("ece") or {},
+        "reliability_uri": figures.reliability(run), "ece": run.get("ece") or {},
         "temperature": run.get("temperature"),
-        "errors": figures.errors(run, cfg.max_errors, meta.get("fs"), meta.get("r_peak_index")),
-        "history_uri": figures.history(run.train), "train": run.train or {}, "model_info": model_info(run),
-        "folds": sorted(((run.train or {}).get("folds") or {}).items()),
-        "mlflow_run_id": run.get("mlflow_run_id") or (run.train or {}).get("mlflow_run_id"),
+        "errors": figures.errors(run, max_errors),
+        "history_uri": figures.history(run.train), "train": run.train, "model_info": model_info(run),
+        "folds": sorted((run.train.get("folds") or {}).items()),
+        "mlflow_run_id": run.get("mlflow_run_id"),
     }
 
 
-def index_context(arms: dict) -> dict:
-    picked = {name: compare.chosen(runs) for name, runs in arms.items()}
+def index_context(arms: dict, runs: dict) -> dict:
+    picked = {name: compare.chosen(rs) for name, rs in runs.items()}
     return {"root": "", "arms": [
-        {"arm": ARMS[name], "name": name, "runs": [
+        {"arm": arms[name], "name": name, "runs": [
             {"title": title(r), "href": href(r), "macro": tables.overall(r, "macro_f1"),
-             "val": r.get("val_macro_f1"), "chosen": r.name in picked[name], "name": r.name} for r in runs]}
-        for name, runs in arms.items()]}
+             "val": r.get("val_macro_f1"), "chosen": r.name in picked[name], "name": r.name} for r in rs]}
+        for name, rs in runs.items()]}
 
 
-def compare_context(arms: dict) -> dict:
-    return {"root": "", "arms": [{"arm": ARMS[name], "blocks": compare.blocks(name, runs)}
-                                 for name, runs in arms.items()]}
+def compare_context(arms: dict, runs: dict) -> dict:
+    return {"root": "", "arms": [{"arm": arms[name], "blocks": compare.blocks(arms[name], rs)}
+                                 for name, rs in runs.items()]}
 
 
 def write(env: Environment, template: str, path: Path, context: dict) -> Path:

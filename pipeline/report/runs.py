@@ -1,7 +1,11 @@
-"""Find and read evaluated runs: metrics/<arm>/<name>.json plus artifacts/<arm>/<name>/.
+"""Find and read evaluated runs: the metrics file, and eval.json / eval.npz beside the model.
 
-A missing or malformed metrics file is an error that names it. A missing eval.npz,
-train.json or dataset file only leaves out the parts that need it, with a note saying so.
+    metrics/<arm>/<name>.json           numbers (the DVC metrics file)
+    artifacts/<arm>/<name>/eval.json    names, ids, classes, per-class CIs, training facts
+    artifacts/<arm>/<name>/eval.npz     labels, probabilities, groups, most confident errors
+
+A missing or malformed metrics file or eval.json is an error that names it. A missing eval.npz or
+arm data file only leaves out the parts that need it, with a note saying so.
 """
 from __future__ import annotations
 
@@ -12,48 +16,45 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import read_json
+from pipeline.report.arm import ArmReport
 
-CLASS_KEYS = ("se", "recall", "sensitivity", "ppv", "precision", "f1", "spec", "specificity")
+CLASS_KEYS = ("se", "ppv", "f1", "spec")
 
 
 class ReportError(ValueError):
     """Bad input to the report; the message names the file."""
 
 
-@dataclass(frozen=True)
-class Arm:
-    name: str                  # folder under metrics/ and artifacts/
-    title: str
-    unit: str                  # one sample, in plain words
-    group: str                 # what the bootstrap resamples
-    variant: tuple[str, ...]   # metrics keys that name a run beside "model"
-
-
-ARMS = {
-    "ecg": Arm("ecg", "ECG beat classification", "beat", "record", ("loss",)),
-    "vision": Arm("vision", "Medical image classification", "image", "image", ("dataset", "regime", "loss")),
-}
-
-
 @dataclass
 class Run:
-    arm: Arm
+    arm: ArmReport
     name: str
     metrics_path: Path
     metrics: dict
-    train: dict | None = None
+    info: dict = field(default_factory=dict)       # eval.json
     arrays: dict | None = None     # eval.npz: y_true, probs, probs_before, group, error_index, error_x
-    data: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)       # what the arm's loader read
     classes: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    cis: dict = field(default_factory=dict)   # "<class>.<metric>" -> [lo, hi], set by the stage
 
     @property
     def scored(self) -> list[str]:
         return list(self.metrics["per_class"])
 
+    @property
+    def train(self) -> dict:
+        return self.info.get("train") or {}
+
     def get(self, key):
-        return self.metrics.get(key)
+        """A value of the metrics file, else of eval.json."""
+        return self.metrics[key] if key in self.metrics else self.info.get(key)
+
+    def class_ci(self, cls: str, key: str) -> dict | None:
+        return ((self.info.get("class_ci95") or {}).get(cls) or {}).get(key)
+
+    @property
+    def n_boot(self):
+        return (self.info.get("evaluate") or {}).get("bootstrap")
 
 
 def _number_or_null(value, path, key):
@@ -61,15 +62,25 @@ def _number_or_null(value, path, key):
         raise ReportError(f"{path}: '{key}' must be a number or null, got {value!r}")
 
 
-def load_metrics(path: Path) -> dict:
-    """The metrics json, checked for the keys the report reads."""
+def _interval(ci, path, key):
+    if ci is not None and not (isinstance(ci, dict) and set(ci) == {"lo", "hi"}):
+        raise ReportError(f"{path}: '{key}' must be {{lo, hi}} or null, got {ci!r}")
+
+
+def _object(path: Path) -> dict:
     try:
         m = read_json(path)
     except (FileNotFoundError, ValueError) as exc:
         raise ReportError(str(exc)) from None
     if not isinstance(m, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(m).__name__}")
-    for key in ("model", "macro_f1", "per_class"):
+    return m
+
+
+def load_metrics(path: Path) -> dict:
+    """The metrics json, checked for the keys the report reads (numbers or null only)."""
+    m = _object(path)
+    for key in ("macro_f1", "per_class"):
         if key not in m:
             raise ReportError(f"{path}: missing key '{key}'")
     _number_or_null(m["macro_f1"], path, "macro_f1")
@@ -78,12 +89,23 @@ def load_metrics(path: Path) -> dict:
     for cls, row in m["per_class"].items():
         if not isinstance(row, dict) or "f1" not in row:
             raise ReportError(f"{path}: per_class['{cls}'] must be an object with at least 'f1'")
-        for key in CLASS_KEYS:
+        for key in (*CLASS_KEYS, "n"):
             _number_or_null(row.get(key), path, f"per_class.{cls}.{key}")
     for key, ci in (m.get("ci95") or {}).items():
-        if ci is not None and not (isinstance(ci, list) and len(ci) == 2):
-            raise ReportError(f"{path}: ci95['{key}'] must be [lo, hi] or null, got {ci!r}")
+        _interval(ci, path, f"ci95.{key}")
     return m
+
+
+def load_info(path: Path, arm: ArmReport) -> dict:
+    """eval.json, checked for the keys the report reads."""
+    info = _object(path)
+    missing = [k for k in ("classes", *arm.keys) if k not in info]
+    if missing:
+        raise ReportError(f"{path}: missing key(s) {missing}")
+    for cls, row in (info.get("class_ci95") or {}).items():
+        for key, ci in (row or {}).items():
+            _interval(ci, path, f"class_ci95.{cls}.{key}")
+    return info
 
 
 def load_eval(path: Path, n_labels: int) -> dict | None:
@@ -99,17 +121,16 @@ def load_eval(path: Path, n_labels: int) -> dict | None:
         if key not in arrays:
             raise ReportError(f"{path}: missing array '{key}' (has {sorted(arrays)})")
     y, probs = arrays["y_true"].astype(np.int64), arrays["probs"].astype(np.float64)
-    if probs.ndim == 1:  # binary: probability of class 1
-        probs = np.stack([1 - probs, probs], axis=1)
-    if probs.ndim != 2 or len(probs) != len(y) or probs.shape[1] < n_labels:
+    if probs.ndim != 2 or len(probs) != len(y) or probs.shape[1] != n_labels:
         raise ReportError(f"{path}: probs {probs.shape} do not fit y_true {y.shape} and {n_labels} classes")
-    if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
-        raise ReportError(f"{path}: y_true holds labels outside 0..{probs.shape[1] - 1}")
+    if len(y) and (y.min() < 0 or y.max() >= n_labels):
+        raise ReportError(f"{path}: y_true holds labels outside 0..{n_labels - 1}")
     arrays.update(y_true=y, probs=probs)
     return arrays
 
 
-def _optional_json(path: Path, notes: list):
+def optional_json(path: Path, notes: list):
+    """A json file an arm's loader reads, or None with a note when it is absent."""
     if not path.is_file():
         notes.append(f"{path} not found: the parts that need it are left out.")
         return None
@@ -119,39 +140,22 @@ def _optional_json(path: Path, notes: list):
         raise ReportError(str(exc)) from None
 
 
-def load_data(root: Path, arm: Arm, metrics: dict, notes: list) -> tuple[dict, list]:
-    """The arm's dataset description and its class names (empty when unknown)."""
-    if arm.name == "ecg":
-        meta = _optional_json(root / "data/ecg/meta.json", notes) or {}
-        splits = _optional_json(root / "reports/ecg/dataset.json", notes) or {}
-        return {"meta": meta, "splits": splits}, list(meta.get("classes", []))
-    meta = _optional_json(root / "data" / arm.name / f"{metrics.get('dataset')}.json", notes) or {}
-    return {"meta": meta}, list(meta.get("class_names", []))
-
-
-def load_run(root: Path, arm: Arm, metrics_path: Path) -> Run:
-    metrics = load_metrics(metrics_path)
-    run = Run(arm, metrics_path.stem, metrics_path, metrics)
-    run.data, classes = load_data(root, arm, metrics, run.notes)
-    classes = classes or run.scored
-    unknown = [c for c in run.scored if c not in classes]
-    if unknown:
-        raise ReportError(f"{metrics_path}: classes {unknown} are not in the dataset's classes {classes}")
+def load_run(root: Path, arm: ArmReport, metrics_path: Path) -> Run:
+    run = Run(arm, metrics_path.stem, metrics_path, load_metrics(metrics_path))
     art = root / "artifacts" / arm.name / run.name
-    train_path = art / "train.json"
-    run.train = _optional_json(train_path, run.notes)
-    run.arrays = load_eval(art / "eval.npz", len(classes))
+    run.info = load_info(art / "eval.json", arm)
+    run.classes = list(run.info["classes"])
+    unknown = [c for c in run.scored if c not in run.classes]
+    if unknown:
+        raise ReportError(f"{metrics_path}: classes {unknown} are not in {art / 'eval.json'} classes {run.classes}")
+    run.data = arm.load_data(root, run.info, run.notes) or {}
+    run.arrays = load_eval(art / "eval.npz", len(run.classes))
     if run.arrays is None:
-        run.notes.append(f"{art / 'eval.npz'} not found: no confusion matrix, intervals, "
-                         "reliability diagram or error examples.")
-    else:
-        n = run.arrays["probs"].shape[1]
-        classes = classes + [f"class {k}" for k in range(len(classes), n)]
-    run.classes = classes
+        run.notes.append(f"{art / 'eval.npz'} not found: no confusion matrix, reliability diagram "
+                         "or error examples.")
     return run
 
 
-def discover(root: Path) -> dict[str, list[Run]]:
-    """arm name -> its runs, one per metrics/<arm>/*.json (empty list when none)."""
-    return {name: [load_run(root, arm, p) for p in sorted((root / "metrics" / name).glob("*.json"))]
-            for name, arm in ARMS.items()}
+def discover(root: Path, arms: list[ArmReport]) -> dict[str, list[Run]]:
+    """arm name -> its runs, one per metrics file (empty list when none)."""
+    return {arm.name: [load_run(root, arm, p) for p in arm.metrics_files(root)] for arm in arms}

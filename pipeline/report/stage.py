@@ -1,6 +1,8 @@
 """Stage report: reports/index.html, reports/compare.html and reports/runs/<arm>/<run>.html.
 
-Reads only files (metrics, artifacts, dataset json); never retrains or predicts.
+Reads only files (metrics, eval.json / eval.npz, and what each arm's descriptor loads); never
+retrains or predicts. Which arms: params `report.arms`, else every metrics/<arm>/ folder whose
+package has a `report` module.
 """
 from __future__ import annotations
 
@@ -10,32 +12,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.params import PARAMS_FILE, ParamsError, load_section
-from pipeline.report import render, tables
+from pipeline.report import render
+from pipeline.report.arm import discover_arms, load_arm
 from pipeline.report.runs import ReportError, discover
 
 
 @dataclass(frozen=True)
 class ReportParams:
-    bootstrap: int = 1000   # group-bootstrap resamples for per-class CIs
-    seed: int = 42
-    ece_bins: int = 15
-    max_errors: int = 12
+    max_errors: int = 12                  # most confident errors shown per run
+    arms: tuple[str, ...] | None = None   # arm packages with a `report` descriptor; null = found under metrics/
 
     def validate(self) -> None:
-        if self.bootstrap < 1 or self.ece_bins < 1 or self.max_errors < 0:
-            raise ParamsError("bootstrap and ece_bins must be >= 1, max_errors >= 0")
+        if self.max_errors < 0:
+            raise ParamsError(f"max_errors must be >= 0, got {self.max_errors}")
 
 
 def build(root: Path, out: Path, cfg: ReportParams) -> list[Path]:
     """Render every page from the files under `root` into `out`; return the written paths."""
-    arms = discover(root)
-    for run in (r for runs in arms.values() for r in runs):
-        run.cis = tables.class_cis(run, cfg.bootstrap, cfg.seed)
-    env = render.environment()
-    written = [render.write(env, "run.html", out / render.href(r), render.run_context(r, cfg))
-               for runs in arms.values() for r in runs]
-    written.append(render.write(env, "compare.html", out / "compare.html", render.compare_context(arms)))
-    written.append(render.write(env, "index.html", out / "index.html", render.index_context(arms)))
+    try:
+        arms = {a.name: a for a in map(load_arm, cfg.arms if cfg.arms is not None else discover_arms(root))}
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    runs = discover(root, list(arms.values()))
+    env = render.environment(arms.values())
+    written = [render.write(env, "run.html", out / render.href(r), render.run_context(r, cfg.max_errors))
+               for rs in runs.values() for r in rs]
+    written.append(render.write(env, "compare.html", out / "compare.html", render.compare_context(arms, runs)))
+    written.append(render.write(env, "index.html", out / "index.html", render.index_context(arms, runs)))
     return written
 
 

@@ -1,9 +1,8 @@
 """Headline numbers of one run: per-class Se, +P, F1, Sp with 95% CIs, and failure modes.
 
-Values come from the metrics file (the source of truth); a key it lacks (vision files have
-no specificity) is computed from the eval.npz confusion matrix. null stays undefined and is
-shown as n/a with the reason, never as 0. CIs: group bootstrap over eval.npz `group`
-(class_cis, stored on run.cis by the stage).
+Values come from the metrics file (the source of truth), intervals from eval.json (the same
+bootstrap as the evaluate stage: nothing is recomputed here). null stays undefined and is shown
+as n/a with the reason, never as 0.
 """
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ from pipeline import evaluation as ev
 
 COLUMNS = (("se", "Sensitivity (Se)"), ("ppv", "Positive predictivity (+P)"),
            ("f1", "F1"), ("spec", "Specificity (Sp)"))
-ALIASES = {"se": ("se", "recall", "sensitivity"), "ppv": ("ppv", "precision"),
-           "f1": ("f1",), "spec": ("spec", "specificity")}
 UNDEFINED = {
     "se": "no true {c} {u} is in the test set, so sensitivity is undefined",
     "ppv": "no {u} was predicted as {c}, so +P is undefined",
@@ -28,7 +25,7 @@ def pct(v) -> str:
 
 
 def ci_text(ci) -> str:
-    return "" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%"
+    return "" if not ci else f"{100 * ci['lo']:.1f}–{100 * ci['hi']:.1f}%"
 
 
 def confusion(run) -> np.ndarray | None:
@@ -38,53 +35,26 @@ def confusion(run) -> np.ndarray | None:
     return ev.confusion(run.arrays["y_true"], probs.argmax(axis=1), probs.shape[1])
 
 
-def class_cis(run, n_boot: int, seed: int) -> dict:
-    """"<class>.<metric>" -> [lo, hi] | None; {} without eval.npz or group ids."""
-    a = run.arrays
-    if a is None or "group" not in a:
-        return {}
-    fns = {f"{c}.{key}": (lambda cm, k=run.classes.index(c), key=key: ev.class_metrics(cm, k)[key])
-           for c in run.scored for key, _ in COLUMNS}
-    return ev.bootstrap_confusion_ci(a["y_true"], a["probs"].argmax(axis=1), a["group"],
-                                     a["probs"].shape[1], fns, n_boot=n_boot, seed=seed)
-
-
-def _value(row: dict, key: str, computed: dict | None):
-    for alias in ALIASES[key]:
-        if alias in row:
-            return True, row[alias]
-    if computed is not None:
-        return True, computed[key]
-    return False, None
-
-
-def _ci_reason(run):
-    if run.arrays is None:
-        return "no eval.npz, so no interval"
-    if not run.cis:
-        return "eval.npz has no group ids, so no interval"
-    return "undefined in every bootstrap resample"
-
-
-def cell(run, cls: str, key: str, cm) -> dict:
+def cell(run, cls: str, key: str) -> dict:
     """{"value", "ci", "reason", "ci_reason"} of one metric of one class."""
-    computed = ev.class_metrics(cm, run.classes.index(cls)) if cm is not None else None
-    found, value = _value(run.metrics["per_class"][cls], key, computed)
-    reason = None
-    if not found:
-        reason = f"not in {run.metrics_path.name} and no eval.npz to compute it from"
+    row = run.metrics["per_class"][cls]
+    value, reason = row.get(key), None
+    if key not in row:
+        reason = f"not in {run.metrics_path.name}"
     elif value is None:
         reason = UNDEFINED[key].format(c=cls, u=run.arm.unit)
-    ci95 = run.metrics.get("ci95") or {}
-    ci = ci95[f"{cls}_f1"] if key == "f1" and f"{cls}_f1" in ci95 else run.cis.get(f"{cls}.{key}")
-    return {"value": value, "ci": ci, "reason": reason,
-            "ci_reason": None if ci or value is None else _ci_reason(run)}
+    ci = run.class_ci(cls, key)
+    ci_reason = None
+    if not ci and value is not None:
+        ci_reason = ("no interval in eval.json" if not run.info.get("class_ci95")
+                     else "undefined in every bootstrap resample")
+    return {"value": value, "ci": ci, "reason": reason, "ci_reason": ci_reason}
 
 
-def headline(run, cm) -> list[dict]:
+def headline(run) -> list[dict]:
     """One row per scored class: {"cls", "n", "cells": {metric: cell}}."""
     return [{"cls": c, "n": run.metrics["per_class"][c].get("n"),
-             "cells": {key: cell(run, c, key, cm) for key, _ in COLUMNS}} for c in run.scored]
+             "cells": {key: cell(run, c, key) for key, _ in COLUMNS}} for c in run.scored]
 
 
 def overall(run, key: str) -> dict:

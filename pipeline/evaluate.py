@@ -1,0 +1,153 @@
+"""The evaluate stage of every arm: score, plots, errors, save, log, write.
+
+An arm supplies an `Adapter` (ecg/evaluate.py, vision/evaluate.py): the keys naming a run, where its
+data lives, and `load(data_dir, art_dir, trained) -> Inputs` (test split, validation predictions for
+the temperature, group ids for the bootstrap). Everything else is here and knows no domain.
+
+Knobs come from the params section `evaluate` (bootstrap, ece_bins, seed); model and data facts
+come from what the train stage wrote (train.json) and the arm's prepared data, never from training
+params. Outputs of run <name> of arm <arm>:
+    metrics/<arm>/<name>.json              DVC metrics: numbers only (see pipeline.assess)
+    artifacts/<arm>/<name>/eval.json       everything else the report needs (names, ids, notes, CIs)
+    artifacts/<arm>/<name>/eval.npz        labels, probabilities, groups, most confident errors
+    artifacts/<arm>/<name>/figures/        PNG figures (also logged to MLflow)
+    reports/plots/<arm>/<name>/            DVC plot data (confusion counts, reliability)
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline import assess, plots, tracking
+from pipeline.io import read_json, save_npz, write_json
+from pipeline.params import PARAMS_FILE, ParamsError, load_section
+
+MAX_ERRORS = 12  # error examples kept in eval.npz (the report shows report.max_errors of them)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap: int = 1000   # group-bootstrap resamples for the 95% CIs
+    ece_bins: int = 15      # equal-width confidence bins (ECE, reliability)
+    seed: int = 42          # bootstrap draws (the same draws for every run)
+
+    def validate(self) -> None:
+        if self.bootstrap < 1 or self.ece_bins < 1:
+            raise ParamsError(f"bootstrap and ece_bins must be >= 1, got {self.bootstrap}, {self.ece_bins}")
+
+
+def load_params(path=PARAMS_FILE) -> EvaluateParams:
+    return load_section("evaluate", EvaluateParams, path)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One run's evaluation data, as an arm's adapter reads it."""
+    x: object                       # model input of the test split
+    y: np.ndarray                   # test labels
+    groups: np.ndarray              # bootstrap groups (one id per test sample)
+    classes: list                   # every class name, in label order
+    scored: list                    # names of the classes in macro-F1 and the per-class table
+    validation: Callable            # model -> (y_val, probs_val): what the temperature is fitted on
+    errors: Callable                # indices -> {name: array} saved in eval.npz (e.g. error_x)
+    arrays: dict = field(default_factory=dict)   # more per-sample arrays for eval.npz
+    data: dict = field(default_factory=dict)     # facts about the data, copied to eval.json
+    train: dict = field(default_factory=dict)    # facts about training, copied to eval.json
+
+
+@dataclass(frozen=True)
+class Adapter:
+    arm: str                  # MLflow experiment; folder under metrics/, artifacts/, reports/plots/
+    run_keys: tuple           # CLI options naming a run; the run is their values joined by '-'
+    data_dir: str             # default --data
+    split: str                # name of the scored split (e.g. DS2, test)
+    selected_on: str          # what chose the checkpoint and fitted the temperature, in words
+    load: Callable            # (data_dir, art_dir, trained) -> Inputs
+    auc: bool = False         # report ROC AUC
+    batch_size: int = 256
+    register: Callable = lambda: None   # imports the arm's custom Keras layers before the model loads
+
+
+def trained_fact(trained: dict, key: str, path: Path):
+    """A fact the train stage recorded in train.json; a clear error when it is missing."""
+    if key not in trained:
+        raise ValueError(f"{path}: no '{key}' (written by the train stage); rerun it")
+    return trained[key]
+
+
+def evaluate(adapter: Adapter, name: str, cfg: EvaluateParams, data_dir: Path, root: Path = Path(".")) -> dict:
+    """Score run `name` with its saved model, write its outputs under `root`; returns the metrics."""
+    import keras  # slow import, only when a model is scored
+
+    from pipeline.training import predict_probs
+
+    art_dir = root / "artifacts" / adapter.arm / name
+    trained = read_json(art_dir / "train.json")
+    inputs = adapter.load(Path(data_dir), art_dir, trained)
+    adapter.register()
+    model = keras.models.load_model(art_dir / "model.keras")
+    probs = predict_probs(model, inputs.x, adapter.batch_size)
+
+    def log(metrics, figures):
+        return tracking.log_evaluation(adapter.arm, name, trained.get("mlflow_run_id"), metrics, figures, model,
+                                       f"{adapter.split.lower()}.")
+
+    return write_outputs(adapter, name, cfg, root, trained, inputs, probs, inputs.validation(model), log)
+
+
+def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, trained: dict, inputs: Inputs,
+                  probs, val: tuple, log) -> dict:
+    """Score test `probs` (temperature fitted on `val` = (y_val, probs_val)), write plots, figures,
+    eval.npz, eval.json and the metrics file; `log(metrics, figures) -> (run_id, model_uri)` records
+    them in MLflow. Returns the metrics."""
+    art_dir = root / "artifacts" / adapter.arm / name
+    scores = assess.score(inputs.y, probs, *val, inputs.groups, inputs.classes, inputs.scored,
+                          n_boot=cfg.bootstrap, n_bins=cfg.ece_bins, seed=cfg.seed, auc=adapter.auc)
+    figs = assess.write_plots(scores, inputs.classes, root / "reports" / "plots" / adapter.arm / name,
+                              art_dir / "figures", f"{name} ({adapter.split})")
+    if inputs.train.get("history"):
+        figs["history"] = plots.plot_history(inputs.train["history"], art_dir / "figures" / "history.png")
+    worst = assess.top_errors(inputs.y, scores.probs, MAX_ERRORS)
+    save_npz(art_dir / "eval.npz", y_true=inputs.y, probs=scores.probs, probs_before=probs, group=inputs.groups,
+             error_index=worst, **inputs.errors(worst), **inputs.arrays)
+    metrics = {**scores.metrics, "val_macro_f1": trained_fact(trained, "val_macro_f1", art_dir / "train.json")}
+    run_id, model_uri = log(metrics, list(figs.values()))
+    info = {"arm": adapter.arm, "run": name, **{k: trained.get(k) for k in adapter.run_keys},
+            "split": adapter.split, "selected_on": adapter.selected_on, "classes": list(inputs.classes),
+            "scored": list(inputs.scored), "n_test": int(len(inputs.y)),
+            "n_groups": int(len(np.unique(inputs.groups))), "evaluate": asdict(cfg),
+            "class_ci95": scores.class_ci95, "mlflow_run_id": run_id, "model_uri": model_uri,
+            "model_info": trained.get("model_info") or {}, "train": inputs.train, "data": inputs.data}
+    write_json(art_dir / "eval.json", info)
+    write_json(root / "metrics" / adapter.arm / f"{name}.json", metrics)  # last: appears when all else is there
+    return metrics
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def summary(adapter: Adapter, name: str, m: dict) -> str:
+    ci = m["ci95"]["macro_f1"]
+    per = ", ".join(f"{c} F1 {_fmt(r['f1'])}" for c, r in m["per_class"].items())
+    return (f"evaluate {adapter.arm} {name}: {adapter.split} accuracy {_fmt(m['accuracy'])}, macro-F1 "
+            f"{_fmt(m['macro_f1'])} (95% CI {_fmt(ci and ci['lo'])}-{_fmt(ci and ci['hi'])}); {per}; "
+            f"ECE {_fmt(m['ece']['before'])} -> {_fmt(m['ece']['after'])} (T={m['temperature']:.2f})")
+
+
+def main(adapter: Adapter, doc: str | None, argv=None) -> int:
+    """The command line of an arm's evaluate stage: --<run key> ... --params --data."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    for key in adapter.run_keys:
+        ap.add_argument(f"--{key}", required=True)
+    ap.add_argument("--params", default=str(PARAMS_FILE), help="params file (section `evaluate`)")
+    ap.add_argument("--data", default=adapter.data_dir, help=f"prepared data folder (default: {adapter.data_dir})")
+    args = ap.parse_args(argv)
+    name = "-".join(getattr(args, key) for key in adapter.run_keys)
+    metrics = evaluate(adapter, name, load_params(args.params), Path(args.data))
+    print(summary(adapter, name, metrics))
+    return 0
