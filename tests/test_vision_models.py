@@ -158,7 +158,7 @@ def test_classifier_save_and_load(tmp_path):
 def test_registry_smoke_predict(name):
     """Every registered backbone, at its smallest input, from 1-channel raw pixels to probabilities."""
     spec = BACKBONES[name]
-    side = max(spec.min_size, 8)
+    side = spec.min_size
     backbone = build_backbone(name, (side, side, 3))
     assert backbone.name == name
     assert sorted({f"block{i}" for i in _blocks(backbone)}) == list(spec.blocks)
@@ -187,6 +187,8 @@ def test_registry_table_shape():
     assert BACKBONES["vgg16"].imagenet.env == "VGG16_WEIGHTS"
     with pytest.raises(ValueError, match="alexnet.*vgg16"):
         BACKBONES["vgg"]  # exact names only
+    with pytest.raises(ValueError):  # below its min_size
+        build_backbone("vgg16", (BACKBONES["vgg16"].min_size - 1,) * 2 + (3,))
 
 
 def test_registry_is_a_plain_names_tuple_for_configs():
