@@ -23,6 +23,22 @@ from ecg.splits import PACED, balanced_folds, dechazal_split
 from pipeline.io import ensure_dir, save_npz, write_json
 
 
+def die_with_parent(parent: int) -> None:
+    """Pool worker initializer: SIGKILL this worker when the stage process dies (even by kill -9).
+
+    Linux prctl(PR_SET_PDEATHSIG); elsewhere a no-op. If the parent is already gone, exit now.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _one_record(rec: int, raw: Path, cfg: config.EcgData) -> dict:
     record = read_record(raw / str(rec), cfg.lead, cfg.fallback_leads)
     beats = extract_beats(record, cfg.fs, cfg.bandpass_hz, cfg.filter_order, cfg.half_window, cfg.local_rr_beats)
@@ -66,7 +82,7 @@ def prepare(cfg: config.EcgData, raw: Path, workers: int = 2):
         raise RecordError(f"{raw}: need records in both DS1 and DS2, have DS1={split['DS1']} DS2={split['DS2']}")
     work = partial(_one_record, raw=raw, cfg=cfg)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             per_record = list(pool.map(work, records))
     else:
         per_record = [work(r) for r in records]
