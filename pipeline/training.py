@@ -184,7 +184,20 @@ class CheckpointController(keras.callbacks.Callback):
         self.x_val, self.y_val, self.classes = x_val, y_val, list(score_classes)
         self.run_dir, self.cfg, self.state, self.unit = run_dir, cfg, state, unit
 
+    expected_steps: int | None = None  # batches in a full epoch; set by fit()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+
     def on_epoch_end(self, epoch, logs=None):
+        if self.expected_steps is not None and self._steps < self.expected_steps:
+            # another callback stopped training mid-epoch: a partial epoch is never committed
+            print(f"epoch {epoch + 1} stopped after {self._steps}/{self.expected_steps} batches: not checkpointed",
+                  file=sys.stderr, flush=True)
+            return
         logs = logs if logs is not None else {}
         pred = predict_probs(self.model, self.x_val, self.cfg.batch_size * 4).argmax(axis=1)
         score = macro_f1(self.y_val, pred, self.classes) or 0.0
@@ -238,6 +251,7 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
     controller = CheckpointController(val[0], val[1], score_classes, run_dir, cfg, state, unit)
     x, y = train[0], np.asarray(train[1])
     y_onehot = keras.utils.to_categorical(y, model.output_shape[-1])
+    controller.expected_steps = -(-len(y) // cfg.batch_size)
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
     while not controller.done:
         epoch = state["epoch"]

@@ -198,3 +198,14 @@ def test_extra_callbacks_see_val_macro_f1(tmp_path):
 
     _run(tmp_path, cfg=FitConfig(epochs=2, batch_size=32, patience=10), callbacks=[Probe()])
     assert seen == [(0, True), (1, True)]
+
+
+def test_epoch_stopped_midway_by_a_callback_is_not_committed(tmp_path):
+    class Halt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                self.model.stop_training = True
+
+    with pytest.raises(RuntimeError, match="epoch 1 .* did not finish"):
+        _run(tmp_path, cfg=FitConfig(epochs=2, batch_size=32, patience=10), callbacks=[Halt()])
+    assert training._units(tmp_path) == []
