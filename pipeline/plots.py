@@ -5,6 +5,7 @@ the figure and returns `path` as a Path.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -102,3 +103,58 @@ def dvc_reliability_rows(bins, calibration: str) -> list[dict]:
     `reliability` DVC template (one line per calibration value, plus the diagonal)."""
     return [{"confidence": float(c), "accuracy": float(a), "count": int(n), "calibration": calibration}
             for c, a, n in zip(bins["confidence"], bins["accuracy"], bins["count"]) if n]
+
+
+# ---------------------------------------------------------------------------------- dvc plots, offline
+# `dvc plots show` writes a page that loads Vega from a CDN, so it is blank offline. This page has the
+# same placeholder ({plot_divs}) for `--html-template`, with Vega, Vega-Lite and Vega-Embed inlined from
+# their npm packages (installed by `make vega` into .vega/node_modules). It has no {scripts}
+# placeholder, so DVC adds no CDN script.
+VEGA_DIR = Path(os.environ.get("VEGA_JS_DIR", ".vega/node_modules"))
+VEGA_JS = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+OFFLINE_TEMPLATE = Path(".vega/dvc-plots-offline.html")
+_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+{refresh_tag}
+<title>DVC plots</title>
+<style>body { font-family: sans-serif; } table { border-spacing: 15px; }</style>
+@SCRIPTS@
+</head>
+<body>
+{plot_divs}
+</body>
+</html>
+"""
+
+
+def offline_html_template(js_dir: Path | str = VEGA_DIR) -> str:
+    """The page text, with each Vega script inlined; a clear error naming a missing script."""
+    scripts = []
+    for rel in VEGA_JS:
+        path = Path(js_dir) / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; install the Vega packages with `make vega` "
+                                    "(npm install --prefix .vega vega@5 vega-lite@5 vega-embed@6)")
+        code = path.read_text(encoding="utf-8").replace("</script", "<\\/script")
+        scripts.append(f"<script>/* {rel} */\n{code}\n</script>")
+    return _PAGE.replace("@SCRIPTS@", "\n".join(scripts))
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the offline page for `dvc plots show --html-template`.")
+    ap.add_argument("--js-dir", default=str(VEGA_DIR), help="node_modules folder holding vega, vega-lite, vega-embed")
+    ap.add_argument("--out", default=str(OFFLINE_TEMPLATE))
+    args = ap.parse_args(argv)
+    from pipeline.io import write_text
+
+    write_text(args.out, offline_html_template(args.js_dir))
+    print(f"wrote {args.out}; view the plots offline with: dvc plots show --html-template {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,3 +31,17 @@ def test_dvc_rows():
     bins = reliability_bins(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]), n_bins=5)
     assert dvc_reliability_rows(bins, "after") == [{"confidence": 0.9, "accuracy": 0.5, "count": 2,
                                                     "calibration": "after"}]
+
+
+def test_offline_html_template(tmp_path):
+    import pytest
+
+    from pipeline.plots import VEGA_JS, offline_html_template
+    with pytest.raises(FileNotFoundError, match="vega.min.js: missing; install"):
+        offline_html_template(tmp_path)
+    for rel in VEGA_JS:
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_text(f"var x = '</script>'; /* {rel} */")
+    page = offline_html_template(tmp_path)
+    assert page.count("{plot_divs}") == 1 and "{scripts}" not in page  # DVC adds no CDN script
+    assert page.count("<script>") == 3 and "'<\\/script>'" in page and " src=" not in page
