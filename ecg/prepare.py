@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     cfg = config.load(args.params)
     out = ensure_dir(args.out)
     ensure_dir(Path(args.metrics).parent)
+    for stale in (*out.glob(".beats.npz.*.part*"), *out.glob(".meta.json.*.part*"),
+                  *Path(args.metrics).parent.glob(f".{Path(args.metrics).name}.*.part*")):
+        stale.unlink(missing_ok=True)  # left by a killed run (pipeline.io.atomic_path)
     t0 = time.perf_counter()
     arrays, meta, summary = prepare(cfg, Path(args.raw or f"data/raw/{cfg.database}"), args.workers)
     save_npz(out / "beats.npz", **arrays)
