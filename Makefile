@@ -28,7 +28,7 @@ define run_pytest
 	$(PYTEST) $(1) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests selected" || exit $$rc; }
 endef
 
-.PHONY: setup repro test test-fast test-slow browser lock lock-upgrade dvc-fresh-check bench
+.PHONY: setup repro test test-fast test-slow browser vega lock lock-upgrade dvc-fresh-check bench
 
 $(BIN)/.installed: $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,14 +44,14 @@ repro: setup
 	dvc repro
 
 # The README's test command, and what .ci/run calls: every test, fast and slow.
-test: setup browser
+test: setup browser vega
 	$(call run_pytest,-m "slow or not slow")
 
 # The quick loop: pyproject's addopts deselect slow-marked tests.
 test-fast: setup
 	$(call run_pytest,)
 
-test-slow: setup browser
+test-slow: setup browser vega
 	$(call run_pytest,-m slow)
 
 # The browser test (tests/test_report_browser.py) needs Debian's chromium; it skips without it.
@@ -63,6 +63,19 @@ browser:
 	else echo "chromium missing and not root: the browser test will skip"; exit 0; fi; \
 	{ $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; } \
 	|| echo "warning: installing chromium failed; the browser test will skip"
+
+# Vega, Vega-Lite and Vega-Embed for the offline `dvc plots show` page (pipeline/plots.py) and its
+# test: exact versions and integrity hashes in .vega/package-lock.json, installed with `npm ci` into
+# .vega/node_modules. Without npm (and not root to apt-get it) the test skips; a failure only warns.
+VEGA := .vega
+vega:
+	@if [ -f $(VEGA)/node_modules/.installed ] && [ $(VEGA)/node_modules/.installed -nt $(VEGA)/package-lock.json ]; then exit 0; fi; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm \
+	    || echo "warning: installing npm failed"; fi; fi; \
+	if ! command -v npm >/dev/null 2>&1; then echo "npm missing: the offline dvc plots test will skip"; exit 0; fi; \
+	{ npm ci --prefix $(VEGA) --ignore-scripts --no-audit --no-fund && touch $(VEGA)/node_modules/.installed; } \
+	|| echo "warning: npm ci failed; the offline dvc plots test will skip"
 
 # Lock: requirements.lock pins every package (Python 3.11, Linux x86_64) with hashes, compiled by
 # uv from pyproject.toml's ranges (+ the dev extra). `make lock` keeps the existing pins and only
