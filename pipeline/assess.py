@@ -1,7 +1,7 @@
 """Score a trained model's predictions the same way for both arms.
 
 Temperature is fitted on validation predictions only, then applied to the test predictions;
-CIs come from a bootstrap over groups (ECG records, image ids), never single samples.
+CIs come from a bootstrap over groups (the arm says what a group is), never single samples.
 
 Vocabulary (both arms): per class `se, ppv, f1, spec, n`; top level `accuracy, macro_f1, auc,
 ece/brier/nll {before, after}, temperature`; intervals `{lo, hi}` (null when undefined in

@@ -1,6 +1,6 @@
 """The evaluate stage of every arm: score, plots, errors, save, log, write.
 
-An arm supplies an `Adapter` (ecg/evaluate.py, vision/evaluate.py): the keys naming a run, where its
+An arm supplies an `Adapter` (in <arm>/evaluate.py): the keys naming a run, where its
 data lives, and `load(data_dir, art_dir, trained) -> Inputs` (test split, validation predictions for
 the temperature, group ids for the bootstrap). Everything else is here and knows no domain.
 

@@ -377,3 +377,12 @@ def test_compare_vision_backbones_and_regimes():
     assert "do not overlap: alexnet is better" in frozen["answers"][0]
     # the validation choice is one run per dataset, whatever the block
     assert [r["name"] for b in blocks.values() for r in b["rows"] if r["chosen"]] == ["ds-vgg16-finetune-ce"] * 2
+
+
+def test_report_package_names_no_arm():
+    """pipeline/report is domain-free: arm names and domain words live in the arms' descriptors."""
+    words = ("ecg", "vision", "beat", "aami", "r peak", "mit-bih", "recording", "medmnist", "pneumonia")
+    folder = ROOT / "pipeline/report"
+    for path in [*folder.rglob("*.py"), *folder.rglob("*.html")]:
+        text = path.read_text().lower()
+        assert not [w for w in words if w in text], (path, [w for w in words if w in text])
