@@ -15,7 +15,6 @@ params. Outputs of run <name> of arm <arm>:
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +24,7 @@ import numpy as np
 from pipeline import assess, plots, tracking
 from pipeline.io import read_json, save_npz, write_json
 from pipeline.params import PARAMS_FILE, ParamsError, load_section
+from pipeline.stage import run_args
 
 MAX_ERRORS = 12  # error examples kept in eval.npz (the report shows report.max_errors of them)
 
@@ -141,12 +141,7 @@ def summary(adapter: Adapter, name: str, m: dict) -> str:
 
 def main(adapter: Adapter, doc: str | None, argv=None) -> int:
     """The command line of an arm's evaluate stage: --<run key> ... --params --data."""
-    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    for key in adapter.run_keys:
-        ap.add_argument(f"--{key}", required=True)
-    ap.add_argument("--params", default=str(PARAMS_FILE), help="params file (section `evaluate`)")
-    ap.add_argument("--data", default=adapter.data_dir, help=f"prepared data folder (default: {adapter.data_dir})")
-    args = ap.parse_args(argv)
+    args = run_args(doc, {key: None for key in adapter.run_keys}, data=adapter.data_dir, argv=argv)
     name = "-".join(getattr(args, key) for key in adapter.run_keys)
     metrics = evaluate(adapter, name, load_params(args.params), Path(args.data))
     print(summary(adapter, name, metrics))
