@@ -107,7 +107,7 @@ def log_params(mlflow, params: dict) -> None:
 
 
 def metric_key(name: str) -> str:
-    """A key MLflow accepts: characters outside [\w-. /:] become '_' ("normal, benign" -> "normal_benign")."""
+    r"""A key MLflow accepts: characters outside [\w-. /:] become '_' ("normal, benign" -> "normal_benign")."""
     return re.sub(r"_+", "_", re.sub(r"[^\w\-./:]", "_", name)).strip("_")
 
 

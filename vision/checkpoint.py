@@ -61,7 +61,7 @@ def imagenet_weights(model: str, local: str | None = None) -> Path:
     if path:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: {model.upper()} ImageNet weights file not found ({src.env} / "
-                                    f"vision_pretrain.{model}_weights)")
+                                    f"vision_pretrain.{model}.weights_file)")
         return Path(path)
     filename = src.url.rsplit("/", 1)[1]
     try:

@@ -1,8 +1,8 @@
 """Stage pretrain_vision: give one backbone its starting weights and hand them to the transfer stages.
 
-    python -m vision.pretrain --model alexnet      # params.yaml: vision_pretrain
+    python -m vision.pretrain --model alexnet      # params.yaml: vision_pretrain (shared keys + .alexnet)
 
-vision_pretrain.weights.<model>:
+vision_pretrain.<model>.weights:
   source:<dataset>  train backbone + a throw-away head from scratch on data/vision/source_<dataset>.npz
                     (fit loop with early stopping on validation macro-F1, resumable)
   imagenet          VGG16 only: Keras's ImageNet weights (Keras download cache or env VGG16_WEIGHTS)
@@ -11,15 +11,13 @@ Writes artifacts/vision/pretrain/<model>/backbone.keras + backbone.json (provena
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import device, tracking
 from pipeline.evaluation import accuracy
-from pipeline.io import sha256_file
+from pipeline.io import fingerprint, sha256_file
 from pipeline.losses import make_loss
 from pipeline.training import fit, predict_probs
 from vision import dataset, train_config
@@ -33,18 +31,19 @@ OUT_DIR = Path("artifacts/vision/pretrain")
 def arch_kwargs(model_name: str, cfg) -> dict:
     """The builder args BACKBONES[model_name].arch names, from params section vision_pretrain.<model_name>."""
     keys = BACKBONES[model_name].arch
-    return {k: getattr(getattr(cfg, model_name), k) for k in keys} if keys else {}
+    return {k: getattr(cfg.backbone(model_name), k) for k in keys} if keys else {}
 
 
 def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path) -> dict:
-    source = getattr(cfg.weights, model_name)
+    own = cfg.backbone(model_name)
+    source = own.weights
     policy = device.configure(cfg.mixed_precision)
     shape = (cfg.image_size, cfg.image_size, 3)
     info = {"model": model_name, "source": source, "input_shape": list(shape),
             "arch": arch_kwargs(model_name, cfg), "precision_policy": policy}
     metrics, history = {}, {}
     if source == "imagenet":
-        path = imagenet_weights(model_name, getattr(cfg, f"{model_name}_weights", None))
+        path = imagenet_weights(model_name, getattr(own, "weights_file", None))
         backbone = build_backbone(model_name, shape, weights=path)
         info.update(weights_file=str(path), weights_sha256=sha256_file(path))
         print(f"{model_name}: ImageNet weights from {path}", flush=True)
@@ -53,18 +52,17 @@ def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path)
         splits, meta = dataset.load(data_dir, f"source_{name}")
         train, val = splits["train"], splits["val"]
         n_classes = meta["n_classes"]
-        fit_cfg = getattr(cfg.fit, model_name)
+        fit_cfg = own.fit
 
         def build():
             return build_classifier(build_backbone(model_name, shape, **info["arch"]), n_classes,
                                     input_shape=train.x.shape[1:], head_units=cfg.head_units,
                                     dropout=cfg.dropout, augment=build_augment(cfg.augment, seed=cfg.seed))
 
-        blob = json.dumps([asdict(cfg), model_name, meta["sha256"]], sort_keys=True, default=str)
         print(f"{model_name}: pretraining on {source} ({len(train.y)} train / {len(val.y)} val images, "
               f"{train.x.shape[1:]} -> {shape}), precision policy {policy}", flush=True)
         best, state = fit(build, make_loss("ce"), (train.x, train.y), (val.x, val.y), tuple(range(n_classes)),
-                          fit_cfg, run_dir, hashlib.sha256(blob.encode()).hexdigest()[:16], seed=cfg.seed)
+                          fit_cfg, run_dir, fingerprint(cfg.run_config(model_name), meta["sha256"]), seed=cfg.seed)
         backbone = find_backbone(best)
         metrics = {"val_accuracy": accuracy(val.y, predict_probs(best, val.x).argmax(axis=1)),
                    "val_macro_f1": state["best"]}
@@ -75,9 +73,7 @@ def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path)
     info["params_count"] = int(backbone.count_params())
     info["sha256"] = save_backbone(backbone, out_dir)
     with tracking.run("vision_pretrain", f"{model_name}-{source}") as mlflow:
-        tracking.log_params(mlflow, {"model": model_name, "source": source, "backbone_sha256": info["sha256"],
-                                     **{k: v for k, v in asdict(cfg).items() if k != "fit"},
-                                     "fit": asdict(getattr(cfg.fit, model_name))})
+        tracking.log_params(mlflow, {"backbone_sha256": info["sha256"], **cfg.run_config(model_name)})
         tracking.log_history(mlflow, history)
         tracking.log_metrics(mlflow, metrics)
         info["mlflow_run_id"] = mlflow.active_run().info.run_id

@@ -3,12 +3,12 @@
 The (dataset, model, regime, loss) runs come from `grid.vision`; a run reads the shared keys,
 its regime's keys, its model's `unfreeze_from` and its loss's section (`run_config`).
 
-Backbone sources (`vision_pretrain.weights.<model>`):
+Backbone sources (`vision_pretrain.<model>.weights`):
   "source:<dataset>"  pretrain the backbone from scratch on a source set that
                       `vision.ingest --source-set <dataset>` prepared (only cifar10 here)
   "imagenet"          VGG16 only: Keras's ImageNet weights, downloaded once into the
                       Keras cache (~/.keras/models), or the local file named by env
-                      VGG16_WEIGHTS / `vision_pretrain.vgg16_weights`
+                      VGG16_WEIGHTS / `vision_pretrain.vgg16.weights_file`
 """
 from __future__ import annotations
 
@@ -26,20 +26,15 @@ POLICIES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
-class Weights:
-    alexnet: str = "source:cifar10"
-    vgg16: str = "source:cifar10"
+class BackbonePretrain:
+    """vision_pretrain.<model>: where the backbone's starting weights come from, and its own knobs."""
+    weights: str = "source:cifar10"     # source:<dataset> (pretrained here) or imagenet
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass(frozen=True)
-class PretrainFit:
-    alexnet: FitConfig = field(default_factory=FitConfig)
-    vgg16: FitConfig = field(default_factory=FitConfig)
-
-
-@dataclass(frozen=True)
-class AlexnetArgs:
-    stem: str = "auto"
+class AlexnetPretrain(BackbonePretrain):
+    stem: str = "auto"                  # auto = the small stem below 128 px
     norm: str = "batchnorm"
 
     def validate(self) -> None:
@@ -48,28 +43,31 @@ class AlexnetArgs:
 
 
 @dataclass(frozen=True)
+class Vgg16Pretrain(BackbonePretrain):
+    weights_file: str | None = None     # local notop .h5 for "imagenet"; env VGG16_WEIGHTS overrides
+
+
+@dataclass(frozen=True)
 class VisionPretrain:
-    weights: Weights = field(default_factory=Weights)
-    vgg16_weights: str | None = None  # local notop .h5 for "imagenet"; env VGG16_WEIGHTS overrides
+    seed: int = 0
     image_size: int = 32              # backbone input side; transfer stages resize their images to it
-    alexnet: AlexnetArgs = field(default_factory=AlexnetArgs)
     head_units: tuple[int, ...] = (256,)
     dropout: float = 0.3
-    fit: PretrainFit = field(default_factory=PretrainFit)
     augment: Augment = field(default_factory=lambda: Augment(flip="horizontal", translate=0.1,
                                                             rotate_deg=0.0, contrast=0.0))
     mixed_precision: str = "auto"
-    seed: int = 0
+    alexnet: AlexnetPretrain = field(default_factory=AlexnetPretrain)
+    vgg16: Vgg16Pretrain = field(default_factory=Vgg16Pretrain)
 
     def validate(self) -> None:
         for model in BACKBONES:
-            source = getattr(self.weights, model)
+            source = self.backbone(model).weights
             if source == "imagenet":
-                if model != "vgg16":
-                    raise ParamsError(f"weights.{model}: 'imagenet' exists for vgg16 only; "
+                if BACKBONES[model].imagenet is None:
+                    raise ParamsError(f"{model}.weights: no ImageNet weights exist for {model}; "
                                       f"use 'source:<dataset>' ({list(SOURCES)})")
             elif source_set(source) not in SOURCES:
-                raise ParamsError(f"weights.{model}: {source!r} is not 'imagenet' or "
+                raise ParamsError(f"{model}.weights: {source!r} is not 'imagenet' or "
                                   f"'source:<dataset>' with dataset in {list(SOURCES)}")
         if self.image_size < 8:
             raise ParamsError(f"image_size must be >= 8, got {self.image_size}")
@@ -77,6 +75,17 @@ class VisionPretrain:
             raise ParamsError(f"mixed_precision: one of {list(POLICIES)}, got {self.mixed_precision!r}")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def backbone(self, model: str) -> BackbonePretrain:
+        if model not in BACKBONES:
+            raise ValueError(f"unknown backbone {model!r}; valid: {list(BACKBONES)}")
+        return getattr(self, model)
+
+    def run_config(self, model: str) -> dict:
+        """Exactly the knobs the pretrain stage of `model` reads: provenance and resume fingerprint."""
+        return {"seed": self.seed, "image_size": self.image_size, "head_units": list(self.head_units),
+                "dropout": self.dropout, "augment": asdict(self.augment), "mixed_precision": self.mixed_precision,
+                "model": model, model: asdict(self.backbone(model))}
 
 
 def source_set(source: str) -> str | None:
