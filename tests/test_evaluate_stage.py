@@ -167,3 +167,26 @@ def test_ecg_evaluate_stage_end_to_end(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "reports/plots/ecg/tiny-ce/confusion.csv")))
     assert len(rows) == 25 and sum(int(r["count"]) for r in rows) == 120
     assert {p.name for p in (art / "figures").iterdir()} == {"confusion.png", "reliability.png", "history.png"}
+
+
+def test_vision_adapter_scores_every_class(tmp_path):
+    from pipeline.io import sha256_file
+    from vision import evaluate as vision_evaluate
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 20), ("val", 10), ("test", 12)):
+        arrays[f"x_{split}"] = rng.integers(0, 255, (n, 8, 8, 1)).astype(np.uint8)
+        arrays[f"y_{split}"] = np.arange(n) % 3
+    np.savez(tmp_path / "toy.npz", **arrays)
+    (tmp_path / "toy.json").write_text(json.dumps({"class_names": ["a", "b", "c"], "n_classes": 3,
+                                                   "image_size": [8, 8], "channels": 1, "source": "x.npz"}))
+    trained = {"dataset": "toy", "limit": 9, "data_sha256": sha256_file(tmp_path / "toy.npz"),
+               "head": {"history": {"loss": [1.0, 0.5]}}, "finetune": {"history": {"loss": [0.4]}}}
+    inputs = vision_evaluate.load(tmp_path, tmp_path, trained)
+    assert inputs.classes == inputs.scored == ["a", "b", "c"] and len(inputs.y) == 9  # train.json's limit
+    assert inputs.groups.tolist() == list(range(9)) and inputs.errors(np.array([1]))["error_x"].shape == (1, 8, 8, 1)
+    assert inputs.data == {"source": "x.npz", "image_size": [8, 8], "channels": 1}
+    assert inputs.train["history"] == {"head.loss": [1.0, 0.5], "finetune.loss": [0.4]}
+    with pytest.raises(ValueError, match="train.json: no 'limit'"):
+        vision_evaluate.load(tmp_path, tmp_path, {k: v for k, v in trained.items() if k != "limit"})
