@@ -73,10 +73,15 @@ class Adapter:
 
 
 def trained_fact(trained: dict, key: str, path: Path):
-    """A fact the train stage recorded in train.json; a clear error when it is missing."""
-    if key not in trained:
-        raise ValueError(f"{path}: no '{key}' (written by the train stage); rerun it")
-    return trained[key]
+    """A fact the train stage recorded in train.json; a clear error when it is missing.
+
+    train.json files written before the params split keep the training knobs under `params`.
+    """
+    if key in trained:
+        return trained[key]
+    if key in (trained.get("params") or {}):
+        return trained["params"][key]
+    raise ValueError(f"{path}: no '{key}' (written by the train stage); rerun it")
 
 
 def evaluate(adapter: Adapter, name: str, cfg: EvaluateParams, data_dir: Path, root: Path = Path(".")) -> dict:
@@ -115,7 +120,8 @@ def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, 
     save_npz(art_dir / "eval.npz", y_true=inputs.y, probs=scores.probs, probs_before=probs, group=inputs.groups,
              error_index=worst, **inputs.errors(worst), **inputs.arrays)
     metrics = {**scores.metrics, "val_macro_f1": trained_fact(trained, "val_macro_f1", art_dir / "train.json")}
-    run_id, model_uri = log(metrics, list(figs.values()))
+    logged = {**metrics, "ci95": {**metrics["ci95"], "per_class": scores.class_ci95}}  # MLflow gets every CI
+    run_id, model_uri = log(logged, list(figs.values()))
     info = {"arm": adapter.arm, "run": name, **{k: trained.get(k) for k in adapter.run_keys},
             "split": adapter.split, "selected_on": adapter.selected_on, "classes": list(inputs.classes),
             "scored": list(inputs.scored), "n_test": int(len(inputs.y)),

@@ -119,6 +119,9 @@ def test_ecg_adapter_reads_prepare_and_train_facts(tmp_path):
     assert inputs.train["val_records"] == [100, 101]
     limited = ecg_evaluate.load(tmp_path / "data", art, ecg_trained(tmp_path / "data", limit_beats=50))
     assert len(limited.y) == 50
+    old = ecg_trained(tmp_path / "data")
+    old["params"] = {k: old.pop(k) for k in ("channels", "limit_beats", "seed")}  # a train.json of before the split
+    assert len(ecg_evaluate.load(tmp_path / "data", art, old).y) == 120
     bad = ecg_trained(tmp_path / "data")
     del bad["channels"]
     with pytest.raises(ValueError, match="art/train.json: no 'channels'"):
@@ -159,7 +162,9 @@ def test_ecg_evaluate_stage_end_to_end(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "metrics/ecg/tiny-ce.json").read_text())
     info = json.loads((art / "eval.json").read_text())
     assert _numbers_only(metrics) and list(metrics["per_class"]) == ["N", "S", "V", "F"]
-    assert metrics["val_macro_f1"] == 0.5 and logged["metrics"] == metrics and logged["prefix"] == "ds2."
+    assert metrics["val_macro_f1"] == 0.5 and logged["prefix"] == "ds2."
+    assert logged["metrics"]["ci95"]["per_class"] == info["class_ci95"]  # MLflow gets every interval
+    assert {k: v for k, v in logged["metrics"].items() if k != "ci95"} == {k: v for k, v in metrics.items() if k != "ci95"}
     assert (info["model"], info["loss"], info["split"], info["mlflow_run_id"]) == ("tiny", "ce", "DS2", "r" * 32)
     assert info["evaluate"] == {"bootstrap": 30, "ece_bins": 5, "seed": 0} and info["n_groups"] == 3
     with np.load(art / "eval.npz") as ev:
