@@ -270,6 +270,18 @@ def test_bad_metrics_files_name_the_file(tmp_path):
         assert str(bad) in str(info.value)
 
 
+def test_missing_or_stringy_inputs_are_named(tmp_path):
+    write_fixture(tmp_path, vision=False)
+    info = tmp_path / "artifacts/ecg/tiny1d-ce/eval.json"
+    info.unlink()
+    with pytest.raises(ReportError, match="tiny1d-ce/eval.json: file not found"):
+        build(tmp_path, tmp_path / "out", CFG)
+    path = tmp_path / "metrics/ecg/tiny1d-focal.json"
+    path.write_text(path.read_text().replace('"macro_f1": {', '"macro_f1": [0.1, 0.2], "x": {', 1))
+    with pytest.raises(ReportError, match="ci95.macro_f1' must be {lo, hi}"):
+        load_metrics(path)
+
+
 def test_missing_eval_npz_degrades_and_bad_one_is_named(tmp_path):
     write_fixture(tmp_path, vision=False)
     eval_npz = tmp_path / "artifacts/ecg/tiny1d-ce/eval.npz"
