@@ -179,12 +179,12 @@ class CheckpointController(keras.callbacks.Callback):
     later ones (e.g. MLflow's) see val_macro_f1."""
 
     def __init__(self, x_val, y_val, score_classes, run_dir: Path, cfg: FitConfig, state: dict,
-                 unit: Path | None):
+                 unit: Path | None, expected_steps: int | None = None):
         super().__init__()
         self.x_val, self.y_val, self.classes = x_val, y_val, list(score_classes)
         self.run_dir, self.cfg, self.state, self.unit = run_dir, cfg, state, unit
-
-    expected_steps: int | None = None  # batches in a full epoch; set by fit()
+        self.expected_steps = expected_steps  # batches in a full epoch
+        self._steps = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._steps = 0
@@ -248,10 +248,10 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
     else:
         state, model, unit = loaded
         print(f"resuming {run_dir} after epoch {state['epoch']}", flush=True)
-    controller = CheckpointController(val[0], val[1], score_classes, run_dir, cfg, state, unit)
     x, y = train[0], np.asarray(train[1])
     y_onehot = keras.utils.to_categorical(y, model.output_shape[-1])
-    controller.expected_steps = -(-len(y) // cfg.batch_size)
+    controller = CheckpointController(val[0], val[1], score_classes, run_dir, cfg, state, unit,
+                                      expected_steps=-(-len(y) // cfg.batch_size))
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
     while not controller.done:
         epoch = state["epoch"]
