@@ -87,14 +87,14 @@ def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
     with pytest.raises(KeyboardInterrupt):
         fit(build, loss, (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "fp", seed=1, verbose=0)
-    state = json.loads((tmp_path / "state.json").read_text())
+    state = json.loads(sorted(tmp_path.glob("ckpt-*/state.json"))[-1].read_text())
     assert state["epoch"] == 2  # epochs 1 and 2 finished, the third was cut
     monkeypatch.setattr(keras.Model, "fit", original_fit)
     seen = []
     monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **kw: seen.append(kw["initial_epoch"])
                         or original_fit(self, *a, **kw))
     _, state = fit(build, loss, (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "fp", seed=1, verbose=0)
-    assert seen == [2]  # continued from the last finished epoch, not from scratch
+    assert seen == [2, 3]  # continued from the last finished epoch (one fit call per epoch), not from scratch
     assert state["epoch"] == 4 and len(state["history"]["val_macro_f1"]) == 4
 
 
