@@ -250,8 +250,8 @@ def test_valid_params_load(tmp_path):
     assert cfg.records == (100, 101) and cfg.window_ms == 600.0 and cfg.half_window == 108
 
 
-def test_repo_params_are_valid():
-    cfg = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+def test_repo_params_are_valid(project_params):
+    cfg = config.load(project_params)
     assert cfg.records == "all" and cfg.lead == "MLII" and cfg.half_window == 126
 
 
