@@ -14,8 +14,8 @@ pytest.importorskip("keras")
 from vision import evaluate, pretrain, train  # noqa: E402
 
 FIT = {"epochs": 1, "batch_size": 8, "learning_rate": 0.001, "patience": 1}
-CONTRACT = {"dataset", "model", "regime", "loss", "split", "accuracy", "auc", "macro_f1", "per_class", "ece",
-            "ci95", "mlflow_run_id"}
+CONTRACT = {"accuracy", "auc", "macro_f1", "per_class", "ece", "brier", "nll", "temperature", "ci95", "val_macro_f1"}
+INFO = {"dataset", "model", "regime", "loss", "split", "mlflow_run_id"}
 
 
 def image_set(rng, n, size, channels, n_classes):
@@ -44,13 +44,13 @@ def project(tmp_path, monkeypatch):
     write_set(data / "source_cifar10", rng, (24, 8, 8), 16, 3, ["a", "b", "c"])
     write_set(data / "toy", rng, (16, 10, 12), 12, 1, ["normal", "abnormal, benign"])
     params = {
-        "vision_pretrain": {"weights": {"alexnet": "source:cifar10", "vgg16": "source:cifar10"},
-                            "image_size": 16, "head_units": [8], "fit": {"alexnet": FIT, "vgg16": FIT},
-                            "mixed_precision": "off"},
-        "vision_train": {"models": ["alexnet"], "losses": ["ce", "focal"], "head_units": [8],
-                         "head_fit": FIT, "finetune": {"unfreeze_from": {"alexnet": "block5"}, "fit": FIT},
-                         "augment": {"flip": {"toy": "horizontal"}}, "mixed_precision": "off",
-                         "bootstrap": 50},
+        "vision_pretrain": {"image_size": 16, "head_units": [8], "mixed_precision": "off",
+                            "alexnet": {"weights": "source:cifar10", "fit": FIT},
+                            "vgg16": {"weights": "source:cifar10", "fit": FIT}},
+        "vision_train": {"head_units": [8], "head_fit": FIT, "unfreeze_from": {"alexnet": "block5"},
+                         "finetune": {"fit": FIT, "augment": {"flip": {"toy": "horizontal"}}},
+                         "mixed_precision": "off"},
+        "evaluate": {"bootstrap": 50},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -69,17 +69,20 @@ def test_pretrain_train_evaluate(project):
         assert evaluate.main(stage) == 0
         name = f"toy-alexnet-{regime}-{loss}"
         m = json.loads((project / "metrics/vision" / f"{name}.json").read_text())
-        assert CONTRACT <= set(m) and m["split"] == "test" and (m["regime"], m["loss"]) == (regime, loss)
-        for key in ("accuracy", "auc", "macro_f1", "val_macro_f1", "val_accuracy"):
+        info = json.loads((project / "artifacts/vision" / name / "eval.json").read_text())
+        assert CONTRACT <= set(m) and INFO <= set(info)
+        assert info["split"] == "test" and (info["regime"], info["loss"]) == (regime, loss)
+        for key in ("accuracy", "auc", "macro_f1", "val_macro_f1"):
             assert 0 <= m[key] <= 1, key
         assert 0 <= m["ece"]["before"] <= 1 and 0 <= m["ece"]["after"] <= 1
         for key in ("accuracy", "macro_f1"):
-            lo, hi = m["ci95"][key]
-            assert 0 <= lo <= hi <= 1
+            ci = m["ci95"][key]
+            assert 0 <= ci["lo"] <= ci["hi"] <= 1
         assert set(m["per_class"]) == {"normal", "abnormal, benign"}  # a comma: not an MLflow key
         for c in m["per_class"].values():
-            assert {"precision", "recall", "f1", "n"} <= set(c) and c["n"] == 6
-            assert all(c[k] is None or 0 <= c[k] <= 1 for k in ("precision", "recall", "f1"))
+            assert {"se", "ppv", "f1", "spec", "n"} <= set(c) and c["n"] == 6
+            assert all(c[k] is None or 0 <= c[k] <= 1 for k in ("se", "ppv", "f1", "spec"))
+        m = info  # names and ids live beside the metrics
         assert len(m["mlflow_run_id"]) == 32
         trained = json.loads((project / "artifacts/vision" / name / "train.json").read_text())
         assert trained["model_info"]["backbone_sha256"] == backbone["sha256"]
