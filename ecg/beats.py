@@ -12,13 +12,20 @@ AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 # Classes scored in macro-F1 (de Chazal 2004 / AAMI practice): Q (paced, fusion of paced, unclassifiable)
 # is too rare in DS1/DS2 to score. Written to meta.json as `score_classes`; downstream reads it there.
 SCORE_CLASSES = ("N", "S", "V", "F")
-# AAMI EC57 grouping of MIT-BIH beat symbols.
+# AAMI EC57 grouping of every WFDB beat code (wfdb.io.annotation.ann_label_table; tests walk it).
+# MIT-BIH uses only the codes of the first five lines. B, n, r and ? occur in other PhysioNet
+# databases (INCART, SVDB, LTDB...) and join the class of their MIT-BIH counterparts, as EC57 groups
+# them: bundle branch block beats (L, R) and escape beats of supraventricular origin (e, j) are N,
+# premature ventricular beats are V whatever their timing, beats left unclassified are Q.
 AAMI_MAP = {
     "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",
     "A": "S", "a": "S", "J": "S", "S": "S",
     "V": "V", "E": "V",
     "F": "F",
     "/": "Q", "f": "Q", "Q": "Q",
+    # not in MIT-BIH: left or right bundle branch block (unspecified), supraventricular escape,
+    # R-on-T premature ventricular contraction, beat not classified during learning
+    "B": "N", "n": "N", "r": "V", "?": "Q",
 }
 # WFDB annotation codes that mark no beat (rhythm, noise, signal quality, comments, waves).
 NON_BEAT_SYMBOLS = set('[]!x()ptu`\'^|~+sT*D="@')
