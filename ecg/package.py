@@ -1,0 +1,322 @@
+"""A self-contained ECG beat-model package: the Keras model plus everything predict needs.
+
+A package is a folder:
+
+    model.keras     the trained model (the fold ensemble train_ecg saved), copied byte for byte
+    package.json    format, rate, window, R-peak index, band-pass, RR features, channels, classes,
+                    scored classes, temperature (fitted on the out-of-fold DS1 predictions), lead
+                    order and provenance (run, data and model checksums, git revision)
+
+Build one from a trained run:
+
+    python -m ecg.package --run artifacts/ecg/<model>-<loss> --out <dir> [--meta data/ecg/meta.json]
+
+`python -m ecg.predict RECORD --model <dir>` then needs nothing else. `log_mlflow(package_dir)` logs
+the package as an MLflow pyfunc model (signature, input example, the project code it needs), so
+
+    mlflow.pyfunc.load_model("runs:/<id>/model").predict({"beat": beats, "rr": rr})
+
+works in a fresh Python process, returning calibrated class probabilities (n, 5).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import ensure_dir, file_digest, read_json, write_json
+
+FORMAT = "ecg-beat-model"
+VERSION = 1
+MODEL_FILE, SPEC_FILE = "model.keras", "package.json"
+# Keys predict reads; a package.json without one of them is not a usable package.
+REQUIRED = ("fs", "window_samples", "r_peak_index", "bandpass_hz", "filter_order", "rr_features",
+            "local_rr_beats", "channels", "classes", "score_classes", "temperature", "lead", "fallback_leads")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PackageError(ValueError):
+    """A folder is not a usable model package, or a run cannot be packaged; the message names the file."""
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str):
+    """Yield a temporary folder beside `path`; it replaces `path` only when the block succeeds."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _data_facts(meta: dict, meta_path: Path, params_path: Path | str | None) -> dict:
+    """filter_order, local_rr_beats and the lead order: meta.json if it holds them, else prepare's params."""
+    facts = {k: meta[k] for k in ("filter_order", "local_rr_beats", "lead", "fallback_leads") if k in meta}
+    missing = [k for k in ("filter_order", "local_rr_beats", "lead", "fallback_leads") if k not in facts]
+    if missing:
+        from ecg import config
+        cfg = config.load(params_path or "params.yaml")
+        # The params must describe the data meta.json describes, or the package would mix two preparations.
+        for key, have in (("fs", cfg.fs), ("window_samples", 2 * cfg.half_window + 1),
+                          ("bandpass_hz", list(cfg.bandpass_hz))):
+            if meta[key] != have:
+                raise PackageError(f"{meta_path}: {key}={meta[key]} but {params_path or 'params.yaml'} ecg_data gives "
+                                   f"{have}; rerun prepare_ecg or pass the params it ran with")
+        facts.update({k: v for k, v in (("filter_order", cfg.filter_order), ("local_rr_beats", cfg.local_rr_beats),
+                                        ("lead", cfg.lead), ("fallback_leads", list(cfg.fallback_leads)))
+                      if k in missing})
+    return facts
+
+
+def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | str,
+                  params_path: Path | str | None = None) -> dict:
+    """Package artifacts/ecg/<run>/{model.keras,train.json,oof.npz} with prepare's meta.json; returns package.json."""
+    from pipeline.calibration import fit_temperature
+
+    run_dir, meta_path = Path(run_dir), Path(meta_path)
+    for path in (run_dir / MODEL_FILE, run_dir / "train.json", run_dir / "oof.npz", meta_path):
+        if not path.exists():
+            raise PackageError(f"{path}: missing; run train_ecg (and prepare_ecg) first")
+    trained, meta = read_json(run_dir / "train.json"), read_json(meta_path)
+    for key in ("channels", "data_sha256"):
+        if key not in trained:
+            raise PackageError(f"{run_dir / 'train.json'}: no '{key}'; rerun train_ecg")
+    for key in ("fs", "window_samples", "r_peak_index", "window_ms", "bandpass_hz", "rr_features", "classes",
+                "score_classes"):
+        if key not in meta:
+            raise PackageError(f"{meta_path}: no '{key}'; rerun prepare_ecg")
+    with np.load(run_dir / "oof.npz") as oof:
+        y_oof, p_oof = oof["y"], oof["probs"]
+    if p_oof.ndim != 2 or p_oof.shape[1] != len(meta["classes"]):
+        raise PackageError(f"{run_dir / 'oof.npz'}: probs of shape {p_oof.shape} do not match the "
+                           f"{len(meta['classes'])} classes of {meta_path}")
+    from pipeline.tracking import code_version
+    spec = {
+        "format": FORMAT, "version": VERSION,
+        "fs": int(meta["fs"]), "window_samples": int(meta["window_samples"]),
+        "r_peak_index": int(meta["r_peak_index"]), "window_ms": float(meta["window_ms"]),
+        "bandpass_hz": [float(b) for b in meta["bandpass_hz"]],
+        **_data_facts(meta, meta_path, params_path),
+        "rr_features": list(meta["rr_features"]), "channels": list(trained["channels"]),
+        "classes": list(meta["classes"]), "score_classes": list(meta["score_classes"]),
+        # Fitted on DS1 out-of-fold predictions only (never DS2), as evaluate_ecg does.
+        "temperature": fit_temperature(p_oof, y_oof),
+        "temperature_fitted_on": f"{run_dir / 'oof.npz'} (DS1 out-of-fold, {len(y_oof)} beats)",
+        "provenance": {
+            "run": run_dir.name, "model": trained.get("model"), "loss": trained.get("loss"),
+            "mlflow_run_id": trained.get("mlflow_run_id"), "val_macro_f1": trained.get("val_macro_f1"),
+            "database": meta.get("database"), "data_sha256": trained["data_sha256"],
+            "model_sha256": file_digest(run_dir / MODEL_FILE), "meta_sha256": file_digest(meta_path),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **code_version(),
+        },
+    }
+    with atomic_dir(out_dir) as tmp:
+        shutil.copyfile(run_dir / MODEL_FILE, tmp / MODEL_FILE)
+        write_json(tmp / SPEC_FILE, spec)
+    return spec
+
+
+@dataclass
+class Package:
+    path: Path
+    spec: dict
+    model: object  # keras.Model
+
+    def predict(self, beat: np.ndarray, rr: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """Calibrated class probabilities (n, classes) for model inputs beat (n, L, C), rr (n, k)."""
+        from pipeline.calibration import apply_temperature
+        if len(beat) == 0:
+            return np.zeros((0, len(self.spec["classes"])))
+        probs = self.model.predict({"beat": np.asarray(beat, np.float32), "rr": np.asarray(rr, np.float32)},
+                                   batch_size=batch_size, verbose=0)
+        return apply_temperature(probs, self.spec["temperature"])
+
+
+def read_spec(path: Path | str) -> dict:
+    """package.json of a package folder, checked; PackageError naming the folder or file otherwise."""
+    path = Path(path)
+    hint = "build one with `python -m ecg.package --run artifacts/ecg/<run> --out <dir>`"
+    if not path.is_dir():
+        raise PackageError(f"{path}: not a model package folder ({'a file' if path.exists() else 'missing'}); {hint}")
+    spec_path = path / SPEC_FILE
+    if not spec_path.exists():
+        raise PackageError(f"{path}: not a model package (no {SPEC_FILE}); {hint}")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{spec_path}: malformed JSON ({exc}); {hint}") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise PackageError(f"{spec_path}: not an {FORMAT} package.json (format={spec.get('format') if isinstance(spec, dict) else None!r})")
+    if spec.get("version") != VERSION:
+        raise PackageError(f"{spec_path}: package version {spec.get('version')} unsupported (this code reads {VERSION})")
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise PackageError(f"{spec_path}: missing keys {missing}")
+    if not (path / MODEL_FILE).is_file():
+        raise PackageError(f"{path / MODEL_FILE}: missing from the model package")
+    return spec
+
+
+def load_package(path: Path | str) -> Package:
+    """Read a package folder; the model is loaded without its training configuration."""
+    spec = read_spec(path)
+    import keras
+
+    from ecg import models  # noqa: F401  (registers BeatAugment, a layer of the saved model)
+    model_path = Path(path) / MODEL_FILE
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:  # keras raises assorted types on corrupt archives
+        raise PackageError(f"{model_path}: cannot load the Keras model: {exc}") from None
+    return Package(Path(path), spec, model)
+
+
+def resolve(model: str) -> tuple[Path, str]:
+    """A package folder, or an MLflow model URI (runs:/<id>/model, models:/...) logged by log_mlflow."""
+    if "://" not in model and not model.startswith(("runs:", "models:")):
+        return Path(model), str(Path(model).resolve())
+    import mlflow
+    from pipeline.tracking import tracking_uri
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as exc:
+        raise PackageError(f"{model}: cannot download the MLflow model: {exc}") from None
+    pkg = local / "artifacts" / "package"
+    if not pkg.is_dir():
+        raise PackageError(f"{model}: not an ECG model package logged by ecg.package.log_mlflow "
+                           f"(no artifacts/package in {local})")
+    return pkg, model
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+def _beat_model_class():
+    import mlflow.pyfunc
+
+    class BeatModel(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper of a package: input {"beat": (n, L, C), "rr": (n, k)}, output calibrated probs."""
+
+        def load_context(self, context):
+            self.package = load_package(context.artifacts["package"])
+
+        def predict(self, context, model_input, params=None):
+            if not isinstance(model_input, dict) or not {"beat", "rr"} <= set(model_input):
+                raise TypeError("model input must be a dict {'beat': (n, L, C) float32, 'rr': (n, k) float32}")
+            beat, rr = np.asarray(model_input["beat"], np.float32), np.asarray(model_input["rr"], np.float32)
+            return self.package.predict(beat, rr).astype(np.float32)
+
+    BeatModel.__module__, BeatModel.__qualname__ = __name__, "BeatModel"
+    return BeatModel
+
+
+def __getattr__(name):
+    """`BeatModel` is made on first use, so importing this module (predict does) does not import MLflow."""
+    if name == "BeatModel":
+        if "BeatModel" not in globals():
+            globals()["BeatModel"] = _beat_model_class()
+        return globals()["BeatModel"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def input_example(spec: dict, n: int = 2) -> dict:
+    rng = np.random.default_rng(0)
+    return {"beat": rng.normal(0, 0.3, (n, spec["window_samples"], len(spec["channels"]))).astype(np.float32),
+            "rr": np.ones((n, len(spec["rr_features"])), np.float32)}
+
+
+def log_mlflow(package_dir: Path | str, name: str = "model") -> str:
+    """Log a package as an MLflow pyfunc model in the active run (or a new one); returns the model URI.
+
+    The project modules the wrapper imports travel in `code_paths`, so loading needs no project
+    import first; the signature and input example describe the two tensors.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from pipeline.tracking import PIP_REQUIREMENTS
+    spec = read_spec(package_dir)
+    example = input_example(spec)
+    out = np.full((len(example["rr"]), len(spec["classes"])), 1.0 / len(spec["classes"]), np.float32)
+    signature = infer_signature(example, out)
+    started = mlflow.active_run() is None
+    if started:
+        mlflow.start_run(run_name=f"package {spec['provenance'].get('run', '')}".strip())
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=__getattr__("BeatModel")(), artifacts={"package": str(Path(package_dir).resolve())},
+            code_paths=[str(ROOT / "ecg"), str(ROOT / "pipeline")], signature=signature, input_example=example,
+            pip_requirements=[*PIP_REQUIREMENTS, "scipy", "wfdb"])
+        mlflow.log_dict(spec, "package.json")
+        return info.model_uri
+    finally:
+        if started:
+            mlflow.end_run()
+
+
+def select_run(runs) -> Path:
+    """Of several trained runs, the one with the best out-of-fold DS1 macro-F1 (selection never sees DS2)."""
+    scored = []
+    for run in map(Path, runs):
+        trained = read_json(run / "train.json")
+        if trained.get("val_macro_f1") is None:
+            raise PackageError(f"{run / 'train.json'}: no val_macro_f1 to select on; rerun train_ecg")
+        scored.append((float(trained["val_macro_f1"]), str(run)))
+    return Path(max(scored)[1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, nargs="+",
+                    help="trained run folder(s), e.g. artifacts/ecg/lenet1d-ce; of several, the one with the "
+                         "best DS1 out-of-fold macro-F1 (train.json val_macro_f1) is packaged, never a DS2 figure")
+    ap.add_argument("--meta", default="data/ecg/meta.json", help="prepare_ecg's meta.json")
+    ap.add_argument("--out", required=True, help="package folder to write (replaced atomically)")
+    ap.add_argument("--params", default=None, help="params file prepare ran with (for keys meta.json lacks)")
+    ap.add_argument("--mlflow", action="store_true", help="also log the package as an MLflow pyfunc model")
+    args = ap.parse_args(argv)
+    try:
+        run = select_run(args.run)
+        spec = build_package(run, args.meta, args.out, args.params)
+    except (PackageError, FileNotFoundError, ValueError) as exc:
+        print(f"ecg.package: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ecg.package: {args.out} <- {run} (T={spec['temperature']:.3f}, {spec['fs']} Hz, "
+          f"window {spec['window_samples']}, channels {spec['channels']})")
+    if args.mlflow:
+        from pipeline.tracking import tracking_uri
+        import mlflow
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_experiment("ecg")
+        print(f"ecg.package: logged {log_mlflow(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
