@@ -14,7 +14,7 @@ Build one from a trained run:
 `python -m ecg.predict RECORD --model <dir>` then needs nothing else. `log_mlflow(package_dir)` logs
 the package as an MLflow pyfunc model (signature, input example, the project code it needs), so
 
-    mlflow.pyfunc.load_model("runs:/<id>/model").predict({"beat": beats, "rr": rr})
+    mlflow.pyfunc.load_model("runs:/<id>/package").predict({"beat": beats, "rr": rr})
 
 works in a fresh Python process, returning calibrated class probabilities (n, 5).
 """
@@ -299,7 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--meta", default="data/ecg/meta.json", help="prepare_ecg's meta.json")
     ap.add_argument("--out", required=True, help="package folder to write (replaced atomically)")
     ap.add_argument("--params", default=None, help="params file prepare ran with (for keys meta.json lacks)")
-    ap.add_argument("--mlflow", action="store_true", help="also log the package as an MLflow pyfunc model")
+    ap.add_argument("--mlflow", action="store_true",
+                    help="also log the package as an MLflow pyfunc model named 'package' in the training run")
     args = ap.parse_args(argv)
     try:
         run = select_run(args.run)
@@ -310,11 +311,14 @@ def main(argv=None) -> int:
     print(f"ecg.package: {args.out} <- {run} (T={spec['temperature']:.3f}, {spec['fs']} Hz, "
           f"window {spec['window_samples']}, channels {spec['channels']})")
     if args.mlflow:
-        from pipeline.tracking import tracking_uri
-        import mlflow
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment("ecg")
-        print(f"ecg.package: logged {log_mlflow(args.out)}")
+        from pipeline import tracking
+        # Into the training run when this store has it (else a new run); named "package" beside
+        # evaluate_ecg's Keras-flavour "model".
+        with tracking.run("ecg", spec["provenance"]["run"], spec["provenance"].get("mlflow_run_id")) as mlflow:
+            uri = log_mlflow(args.out, name="package")
+            run_id = mlflow.active_run().info.run_id
+        print(f"ecg.package: logged {uri} (runs:/{run_id}/package); load it with "
+              f"mlflow.pyfunc.load_model('runs:/{run_id}/package')")
     return 0
 
 

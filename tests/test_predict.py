@@ -310,14 +310,16 @@ def test_failed_rerun_keeps_earlier_good_output(package, tmp_path, capsys):
 
 # --- MLflow --------------------------------------------------------------------------------------------
 
-def test_mlflow_model_loads_in_fresh_process_without_project_imports(package, tmp_path):
+def test_mlflow_model_loads_in_fresh_process_without_project_imports(package, tmp_path, monkeypatch, request):
     """log_mlflow -> mlflow.pyfunc.load_model in a subprocess that never imports ecg/pipeline itself."""
     import mlflow
+    request.addfinalizer(lambda prev=mlflow.get_tracking_uri(): mlflow.set_tracking_uri(prev))
 
     from ecg.package import input_example, log_mlflow
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts under ./mlruns: keep them in tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("ecg-test")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("ecg-test", (tmp_path / "artifacts").as_uri()))
     with mlflow.start_run() as run:
         model_uri = log_mlflow(package["dir"])
     assert model_uri.startswith("models:/") or model_uri.startswith("runs:/")
@@ -346,9 +348,20 @@ def test_mlflow_model_loads_in_fresh_process_without_project_imports(package, tm
     expected = load_package(package["dir"]).predict(example["beat"], example["rr"])  # temperature applied once
     assert got.shape == (3, 5)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # predict takes the MLflow URI in place of a package folder
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        rec = write_record(tmp_path / "db", "m1", fs=360)
+        from ecg import predict
+        result = predict.predict(rec, f"runs:/{run.info.run_id}/model", tmp_path / "o", log=lambda *a, **k: None)
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert result["records"]["m1"]["model"]["package"] == f"runs:/{run.info.run_id}/model"
+    assert result["records"]["m1"]["model"]["run"] == "lenet1d-ce"
 
 
 def test_predict_from_mlflow_uri_needs_a_logged_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     rec = write_record(tmp_path / "db", "r6", fs=360)
     rc, _, err = run_main([rec, "--model", "runs:/0123456789abcdef/model", "--out", tmp_path / "o"], capsys)
