@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +115,6 @@ def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | st
     if p_oof.ndim != 2 or p_oof.shape[1] != len(meta["classes"]):
         raise PackageError(f"{run_dir / 'oof.npz'}: probs of shape {p_oof.shape} do not match the "
                            f"{len(meta['classes'])} classes of {meta_path}")
-    from pipeline.tracking import code_version
     spec = {
         "format": FORMAT, "version": VERSION,
         "fs": int(meta["fs"]), "window_samples": int(meta["window_samples"]),
@@ -132,8 +130,9 @@ def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | st
             "run": run_dir.name, "model": trained.get("model"), "loss": trained.get("loss"),
             "mlflow_run_id": trained.get("mlflow_run_id"), "val_macro_f1": trained.get("val_macro_f1"),
             "database": meta.get("database"), "data_sha256": trained["data_sha256"],
+            # Checksums only (no clock, no git state): the same run packs to the same bytes, so a DVC
+            # stage that builds the package reproduces its recorded md5.
             "model_sha256": file_digest(run_dir / MODEL_FILE), "meta_sha256": file_digest(meta_path),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **code_version(),
         },
     }
     with atomic_dir(out_dir) as tmp:

@@ -120,6 +120,13 @@ def test_package_holds_what_predict_needs(package):
     assert spec["provenance"]["run"] == "lenet1d-ce" and len(spec["provenance"]["model_sha256"]) == 64
 
 
+def test_package_bytes_are_reproducible(package, tmp_path):
+    from ecg.package import build_package
+    build_package(package["run"], package["meta"], tmp_path / "again")
+    for name in ("package.json", "model.keras"):
+        assert (tmp_path / "again" / name).read_bytes() == (package["dir"] / name).read_bytes()
+
+
 def test_package_rebuild_is_atomic_and_failed_build_keeps_the_old(package, tmp_path):
     from ecg.package import PackageError, build_package
     out = tmp_path / "pkg"
