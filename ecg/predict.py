@@ -188,7 +188,9 @@ def read_array(path: Path, fs: float | None, requested: str | None, order: list)
 
 
 def read_input(path: Path, order: list, requested: str | None, ann_ext: str | None, fs: float | None) -> Signal:
-    if path.suffix.lower() in ARRAY_SUFFIXES and path.is_file():
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        if not path.is_file():
+            raise PredictError(f"{path}: file not found")
         if ann_ext:
             raise PredictError(f"{path}: --annotations needs a WFDB record, not a {path.suffix} file")
         return read_array(path, fs, requested, order)
@@ -387,6 +389,10 @@ def _prepare_one(path: Path, spec: dict, order: list, requested, ann_ext, fs, de
     return a
 
 
+def _name(path: Path) -> str:
+    return path.stem if path.suffix.lower() in ARRAY_SUFFIXES else path.name
+
+
 def _worker(args):
     try:
         return _prepare_one(*args)
@@ -399,7 +405,8 @@ def predict(record: Path | str, model: str, out: Path | str = "predictions", lea
             annotated_beats: bool = False, workers: int = 0, log=print) -> dict:
     """Analyse RECORD (a record, a CSV/.npy signal or a folder); returns {"records": {...}, "errors": {...}, "timing": {...}}."""
     t_start = time.perf_counter()
-    timing = {"imports_s": t_start - _T0}
+    timing = {"imports_s": t_start - _T0, "model_load_s": 0.0, "detection_s": 0.0, "classification_s": 0.0,
+              "writing_s": 0.0}
     record, out = Path(record), Path(out)
     if detector not in qrs.DETECTORS:
         raise PredictError(f"--detector {detector}: unknown; valid: {list(qrs.DETECTORS)}")
@@ -413,8 +420,13 @@ def predict(record: Path | str, model: str, out: Path | str = "predictions", lea
         from ecg.prepare import die_with_parent
         pool = ProcessPoolExecutor(min(workers, len(jobs)), initializer=die_with_parent, initargs=(os.getpid(),))
         pending = pool.map(_worker, jobs)
-    else:
-        pending = (_worker(j) for j in jobs)
+    else:  # read and detect first: bad input is reported before Keras is imported
+        pending = [_worker(j) for j in jobs]
+        if all(isinstance(a, Exception) for a in pending):
+            for a in pending:
+                print(f"ecg.predict: error: {a}", file=sys.stderr, flush=True)
+            timing["total_s"] = time.perf_counter() - _T0
+            return {"records": {}, "errors": {_name(p): str(a) for p, a in zip(paths, pending)}, "timing": timing}
     try:
         t = time.perf_counter()
         import keras  # noqa: F401
@@ -428,7 +440,7 @@ def predict(record: Path | str, model: str, out: Path | str = "predictions", lea
         timing.update(detection_s=0.0, detection_cpu_s=0.0, features_s=0.0, read_s=0.0, classification_s=0.0, writing_s=0.0)
         t_wait = time.perf_counter()
         for path, a in zip(paths, pending):
-            name = path.stem if path.suffix.lower() in ARRAY_SUFFIXES else path.name
+            name = _name(path)
             if isinstance(a, Exception):  # earlier outputs of this record, if any, stay as they were
                 errors[name] = str(a)
                 print(f"ecg.predict: error: {a}", file=sys.stderr, flush=True)

@@ -283,6 +283,7 @@ BAD = {
     "fewer than 3 beats": (_two_beats, [], r"bad\.dat: only [0-2] beat\(s\) detected in lead MLII .*need at least 3"),
     "not a model package": (_not_a_package, ["--model", "{tmp}/notpkg"], r"notpkg: not a model package \(no package\.json\)"),
     "csv without rate": (_csv_no_rate, [], r"bad\.csv: a \.csv signal carries no sampling rate; give it with --fs"),
+    "csv missing": (lambda tmp: tmp / "absent.csv", ["--fs", "250"], r"absent\.csv: file not found"),
     "annotations missing": (lambda tmp: write_record(tmp / "db", "bad", fs=360, with_ann=False), ["--annotations", "atr"],
                             r"bad\.atr: annotation file missing"),
 }
