@@ -147,14 +147,15 @@ class Package:
     spec: dict
     model: object  # keras.Model
 
-    def predict(self, beat: np.ndarray, rr: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-        """Calibrated class probabilities (n, classes) for model inputs beat (n, L, C), rr (n, k)."""
+    def predict(self, beat: np.ndarray, rr: np.ndarray, batch_size: int = 2048, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities (n, classes) for model inputs beat (n, L, C), rr (n, k); temperature-scaled
+        unless `calibrated` is False (the model's own softmax)."""
         from pipeline.calibration import apply_temperature
         if len(beat) == 0:
             return np.zeros((0, len(self.spec["classes"])))
         probs = self.model.predict({"beat": np.asarray(beat, np.float32), "rr": np.asarray(rr, np.float32)},
                                    batch_size=batch_size, verbose=0)
-        return apply_temperature(probs, self.spec["temperature"])
+        return apply_temperature(probs, self.spec["temperature"]) if calibrated else np.asarray(probs, np.float64)
 
 
 def read_spec(path: Path | str) -> dict:
@@ -290,19 +291,77 @@ def select_run(runs) -> Path:
     return Path(max(scored)[1])
 
 
+@dataclass(frozen=True)
+class PackageParams:
+    """params.yaml `package_ecg`: the trained run (artifacts/ecg/<run>) that becomes the model package."""
+    run: str
+
+    def validate(self) -> None:
+        from pipeline.params import ParamsError
+        if not self.run or "/" in self.run or self.run.startswith("."):
+            raise ParamsError(f"run must be a run folder name under artifacts/ecg, got {self.run!r}")
+
+
+def load_params(path) -> PackageParams:
+    from pipeline.params import load_section
+    return load_section("package_ecg", PackageParams, path)
+
+
+def check_best(run: Path, runs_root: Path) -> dict:
+    """Refuse `run` unless its DS1 out-of-fold macro-F1 is the best of every run under `runs_root`.
+
+    Honest selection: the packaged model is the one the DS1 cross-validation picked; a DS2 figure
+    never enters. Returns {run name: val_macro_f1} of every run compared.
+    """
+    scores = {}
+    for path in sorted(Path(runs_root).glob("*/train.json")):
+        trained = read_json(path)
+        if trained.get("val_macro_f1") is not None:
+            scores[path.parent.name] = float(trained["val_macro_f1"])
+    own = Path(run) / "train.json"
+    if not own.exists():
+        raise PackageError(f"{own}: missing; run train_ecg first")
+    if Path(run).name not in scores:
+        raise PackageError(f"{own}: no val_macro_f1 (DS1 out-of-fold macro-F1) to check the selection on; rerun train_ecg")
+    best = max(scores, key=lambda k: (scores[k], k == Path(run).name))
+    if scores[best] > scores[Path(run).name]:
+        raise PackageError(
+            f"package_ecg.run={Path(run).name}: its DS1 out-of-fold macro-F1 {scores[Path(run).name]:.4f} "
+            f"({own}) is not the best; {best} has {scores[best]:.4f} ({Path(runs_root) / best / 'train.json'}). "
+            f"Package the best run (selection on DS1 only, never DS2)")
+    return scores
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, nargs="+",
+    ap.add_argument("--run", nargs="+", default=None,
                     help="trained run folder(s), e.g. artifacts/ecg/lenet1d-ce; of several, the one with the "
                          "best DS1 out-of-fold macro-F1 (train.json val_macro_f1) is packaged, never a DS2 figure")
+    ap.add_argument("--params", default=None,
+                    help="params file: without --run, its `package_ecg.run` names the run under --runs-root (refused "
+                         "unless it has the best DS1 out-of-fold macro-F1 there); also read for ecg_data keys "
+                         "meta.json lacks")
+    ap.add_argument("--runs-root", default="artifacts/ecg", help="folder of the trained runs (with --params)")
     ap.add_argument("--meta", default="data/ecg/meta.json", help="prepare_ecg's meta.json")
     ap.add_argument("--out", required=True, help="package folder to write (replaced atomically)")
-    ap.add_argument("--params", default=None, help="params file prepare ran with (for keys meta.json lacks)")
     ap.add_argument("--mlflow", action="store_true",
                     help="also log the package as an MLflow pyfunc model named 'package' in the training run")
     args = ap.parse_args(argv)
+    if args.run is None and args.params is None:
+        ap.error("give --run RUN_DIR... or --params FILE (its package_ecg.run)")
     try:
-        run = select_run(args.run)
+        if args.run is None:
+            from pipeline.params import ParamsError
+            try:
+                cfg = load_params(args.params)
+            except ParamsError as exc:
+                raise PackageError(str(exc)) from None
+            run = Path(args.runs_root) / cfg.run
+            scores = check_best(run, Path(args.runs_root))
+            print("ecg.package: DS1 out-of-fold macro-F1 " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                  + f"; packaging {cfg.run}")
+        else:
+            run = select_run(args.run)
         spec = build_package(run, args.meta, args.out, args.params)
     except (PackageError, FileNotFoundError, ValueError) as exc:
         print(f"ecg.package: error: {exc}", file=sys.stderr)

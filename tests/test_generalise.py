@@ -48,6 +48,61 @@ def test_resample_record_keeps_annotations_on_their_beats():
     assert np.all(np.abs(out[pos] - sig[beats]) < 0.35)  # still on the R peak after resampling
 
 
+def assert_numbers_only(obj, where="metrics"):
+    """DVC metrics: nested mappings of numbers (null where undefined), nothing else."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            assert isinstance(k, str)
+            assert_numbers_only(v, f"{where}.{k}")
+    else:
+        assert obj is None or (isinstance(obj, (int, float)) and not isinstance(obj, bool)), f"{where}: {obj!r}"
+
+
+def write_params(path, **sections):
+    import yaml
+    base = {"evaluate": {"bootstrap": 50, "ece_bins": 10, "seed": 3}}
+    path.write_text(yaml.safe_dump({**base, **sections}))
+    return path
+
+
+def test_record_bootstrap_brackets_and_reuses_the_shared_draws():
+    from pipeline.evaluation import bootstrap_confusion_ci, class_metrics
+    classes, scored = ["N", "S", "V", "F", "Q"], ["N", "S", "V", "F"]
+    rng = np.random.default_rng(0)
+    cms = [rng.integers(0, 30, (5, 5)) for _ in range(6)]
+    got = generalise.record_bootstrap(cms, classes, scored, n_boot=200, seed=5)
+    # the same intervals from label arrays through the shared function
+    y_t, y_p, g = [], [], []
+    for i, cm in enumerate(cms):
+        for a in range(5):
+            for b in range(5):
+                y_t += [a] * int(cm[a, b]); y_p += [b] * int(cm[a, b]); g += [i] * int(cm[a, b])
+    ref = bootstrap_confusion_ci(np.array(y_t), np.array(y_p), np.array(g), 5,
+                                 {"v": lambda c: class_metrics(c, 2)["f1"]}, n_boot=200, seed=5)
+    assert [got["per_class"]["V"]["f1"]["lo"], got["per_class"]["V"]["f1"]["hi"]] == pytest.approx(ref["v"])
+    pooled = generalise.pool_scores([{"confusion": c.tolist()} for c in cms], classes, scored, 200, 5)
+    assert pooled["ci95"] == got
+    assert got["macro_f1"]["lo"] <= pooled["macro_f1"] <= got["macro_f1"]["hi"]
+
+
+def test_params_sections_reject_unknown_keys(tmp_path, capsys):
+    bad = write_params(tmp_path / "p.yaml", ecg_generalise={"rates": [128], "lead_name": "ECG", "workers": 0,
+                                                            "rate": 5})
+    rc = generalise.main(["rerecorded", "--params", str(bad), "--out", str(tmp_path / "x.json")])
+    assert rc == 2 and "unknown key(s) ['rate'] in 'ecg_generalise'" in capsys.readouterr().err
+    low = write_params(tmp_path / "q.yaml", ecg_generalise={"rates": [20], "lead_name": "ECG", "workers": 0})
+    rc = generalise.main(["rerecorded", "--params", str(low), "--out", str(tmp_path / "x.json")])
+    assert rc == 2 and "ecg_generalise" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def test_robustness_mirror_env_overrides(monkeypatch):
+    cfg = generalise.RobustnessParams(mirror="/params/mirror")
+    monkeypatch.delenv("NSTDB_MIRROR", raising=False)
+    assert cfg.mirror_dir() == "/params/mirror"
+    monkeypatch.setenv("NSTDB_MIRROR", "/env/mirror")
+    assert cfg.mirror_dir() == "/env/mirror"
+
+
 @pytest.fixture
 def database(tmp_path):
     db = tmp_path / "db"
@@ -64,12 +119,18 @@ def test_rerecorded_metrics(package, database, tmp_path):
                           "--workers", "0"])
     assert rc == 0
     m = json.loads(out.read_text())
-    assert set(m) == {"128", "250", "reference_annotated"}
+    assert set(m) == {"128", "250", "annotated"}
+    assert "detection" not in m["annotated"] and m["annotated"]["n_records"] == 2
     for rate in ("128", "250"):
         assert m[rate]["detection"]["se"] >= 0.98 and m[rate]["detection"]["+p"] >= 0.98
         assert set(m[rate]["per_class"]) == set(CLASSES) and m[rate]["n_records"] == 2
         assert "annotated" in m[rate] and "detection" not in m[rate]["annotated"]
         assert m[rate]["per_class"]["V"]["n"] > 0
+        ci = m[rate]["ci95"]
+        assert set(ci["per_class"]) == set(CLASSES[:4])
+        if m[rate]["macro_f1"] is not None and ci["macro_f1"] is not None:
+            assert ci["macro_f1"]["lo"] <= ci["macro_f1"]["hi"]
+    assert_numbers_only(m)
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["records"] == ["s1", "I01"] and info["model"]["run"] == "lenet1d-ce"
 
@@ -97,3 +158,60 @@ def test_missing_noise_record_is_named(package, database, tmp_path, capsys):
                           "--noise-dir", str(tmp_path / "none"), "--out", str(out), "--workers", "0"])
     assert rc == 2 and "none/bw.hea: noise record missing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rerecorded_from_params(package, database, tmp_path):
+    params = write_params(tmp_path / "params.yaml",
+                          ecg_generalise={"rates": [250], "lead_name": "ml2", "workers": 0})
+    out, info = tmp_path / "rr.json", tmp_path / "info.json"
+    rc = generalise.main(["rerecorded", "--params", str(params), "--model", str(package["dir"]), "--raw",
+                          str(database), "--records", "s1", "I01", "--out", str(out), "--info", str(info)])
+    assert rc == 0
+    assert set(json.loads(out.read_text())) == {"250", "annotated"}
+    opts = json.loads(info.read_text())["options"]
+    assert opts["rates"] == [250] and opts["lead_name"] == "ml2" and opts["bootstrap"] == 50 and opts["seed"] == 3
+
+
+def test_external_without_databases_writes_empty(tmp_path):
+    params = write_params(tmp_path / "params.yaml", ecg_external={"databases": []})
+    out = tmp_path / "external.json"
+    assert generalise.main(["external", "--params", str(params), "--model", str(tmp_path / "unused"),
+                            "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {}
+
+
+def test_external_databases_other_rate_and_lead_names(package, tmp_path):
+    """Two tiny databases at 257 Hz and 500 Hz, non-MIT lead names and non-integer ids (INCART's I01)."""
+    from tests.test_predict import write_record
+    inc, other = tmp_path / "incart", tmp_path / "other"
+    for name in ("I01", "I02"):
+        write_record(inc, name, fs=257, leads=("I", "II", "V1"), seconds=30.0)
+    (inc / "RECORDS").write_text("I01\nI02\n")
+    write_record(other, "a-7", fs=500, leads=("ECG1", "ECG2"), seconds=30.0)  # no RECORDS list: *.hea
+    params = write_params(tmp_path / "params.yaml", ecg_external={"databases": [
+        {"name": "incartdb", "lead": "II", "mirror": str(inc)}, {"name": "mydb", "lead": None, "mirror": str(other)}]})
+    out = tmp_path / "external.json"
+    rc = generalise.main(["external", "--params", str(params), "--model", str(package["dir"]), "--out", str(out),
+                          "--workers", "0", "--info", str(tmp_path / "info.json")])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert set(m) == {"incartdb", "mydb"}
+    assert_numbers_only(m)
+    for db, n in (("incartdb", 2), ("mydb", 1)):
+        det, ann = m[db]["detected"], m[db]["annotated"]
+        assert det["detection"]["se"] >= 0.98 and det["n_records"] == n
+        assert set(ann["per_class"]) == set(CLASSES) and ann["per_class"]["V"]["n"] > 0
+        assert set(ann["ci95"]["per_class"]) == set(CLASSES[:4])
+        for key in ("ece", "brier", "nll"):
+            assert set(ann[key]) == {"before", "after"}
+        assert ann["temperature"] == pytest.approx(package["spec"]["temperature"])
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["records"]["incartdb"]["records"] == ["I01", "I02"] and info["records"]["mydb"]["records"] == ["a-7"]
+
+
+def test_external_missing_database_is_named(package, tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", ecg_external={"databases": [
+        {"name": "svdb", "mirror": str(tmp_path / "nowhere")}]})
+    out = tmp_path / "external.json"
+    rc = generalise.main(["external", "--params", str(params), "--model", str(package["dir"]), "--out", str(out)])
+    assert rc == 2 and "nowhere: database folder missing" in capsys.readouterr().err and not out.exists()

@@ -150,6 +150,34 @@ def test_select_run_uses_out_of_fold_score(tmp_path):
     assert select_run([tmp_path / "a", tmp_path / "b", tmp_path / "c"]).name == "b"
 
 
+def test_package_stage_from_params_refuses_a_run_that_is_not_the_best(package, tmp_path, capsys):
+    """package_ecg.run must hold the best DS1 out-of-fold macro-F1 of the runs present (named both ways)."""
+    import shutil
+
+    import yaml
+
+    from ecg import package as pkg
+    runs = tmp_path / "artifacts" / "ecg"
+    shutil.copytree(package["run"], runs / "lenet1d-ce")                      # val_macro_f1 0.25
+    (runs / "dilated1d-focal").mkdir(parents=True)
+    (runs / "dilated1d-focal" / "train.json").write_text(json.dumps({"val_macro_f1": 0.6}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"package_ecg": {"run": "lenet1d-ce"}}))
+    out = tmp_path / "models" / "ecg"
+    argv = ["--params", str(params), "--runs-root", str(runs), "--meta", str(package["meta"]), "--out", str(out)]
+    assert pkg.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "package_ecg.run=lenet1d-ce" in err and "0.2500" in err and "dilated1d-focal has 0.6000" in err
+    assert not out.exists()
+    (runs / "dilated1d-focal" / "train.json").write_text(json.dumps({"val_macro_f1": 0.2}))
+    assert pkg.main(argv) == 0
+    got = json.loads((out / "package.json").read_text())
+    assert got["provenance"] == package["spec"]["provenance"] and got["temperature"] == package["spec"]["temperature"]
+    assert "packaging lenet1d-ce" in capsys.readouterr().out
+    params.write_text(yaml.safe_dump({"package_ecg": {"run": "lenet1d-ce", "runs": 2}}))
+    assert pkg.main(argv) == 2 and "unknown key(s) ['runs'] in 'package_ecg'" in capsys.readouterr().err
+
+
 # --- predict: happy paths ----------------------------------------------------------------------------
 
 def test_predict_wfdb_other_rate_scores_itself(package, tmp_path, capsys):
