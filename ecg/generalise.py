@@ -48,6 +48,7 @@ import numpy as np
 
 from ecg import predict
 from ecg.beats import AAMI_MAP
+from ecg.ingest_noise import RobustnessParams
 from ecg.package import PackageError, read_spec, resolve
 from ecg.reader import RecordError, read_record
 from pipeline.io import atomic_path, write_json
@@ -87,28 +88,6 @@ class GeneraliseParams:
         if not self.lead_name.strip():
             raise ParamsError("lead_name must not be empty")
         _check_workers(self.workers)
-
-
-@dataclass(frozen=True)
-class RobustnessParams:
-    """`ecg_robustness`: NSTDB noise added to DS2. source/mirror are read by ecg.ingest_noise."""
-    noises: tuple[str, ...] = NOISES        # NSTDB noise records (bw: baseline wander, ma: muscle artefact)
-    snr_db: tuple[float, ...] = SNR_DB      # the NSTDB protocol's levels
-    source: str = "nstdb"                   # PhysioNet database of the noise records
-    mirror: str | None = None               # local folder with them; env NSTDB_MIRROR overrides
-    workers: int = 2
-
-    def validate(self) -> None:
-        from pipeline.params import ParamsError
-        unknown = [n for n in self.noises if n not in ("bw", "ma", "em")]
-        if not self.noises or unknown:
-            raise ParamsError(f"noises must name NSTDB noise records (bw, ma, em), got {list(self.noises)}")
-        if not self.snr_db:
-            raise ParamsError("snr_db must not be empty")
-        _check_workers(self.workers)
-
-    def mirror_dir(self) -> str | None:
-        return os.environ.get("NSTDB_MIRROR") or self.mirror
 
 
 @dataclass(frozen=True)
