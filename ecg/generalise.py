@@ -118,12 +118,26 @@ SECTIONS = {"rerecorded": ("ecg_generalise", GeneraliseParams), "robustness": ("
             "external": ("ecg_external", ExternalParams)}
 
 
+@dataclass(frozen=True)
+class ScoringParams:
+    """The `evaluate` section (bootstrap, ece_bins, seed), read here with the same keys, defaults and checks as
+    pipeline.evaluate.EvaluateParams (tested equal) without importing the evaluate stage's modules (plots,
+    tracking, training), which would make these long stages depend on them."""
+    bootstrap: int = 1000
+    ece_bins: int = 15
+    seed: int = 42
+
+    def validate(self) -> None:
+        from pipeline.params import ParamsError
+        if self.bootstrap < 1 or self.ece_bins < 1:
+            raise ParamsError(f"bootstrap and ece_bins must be >= 1, got {self.bootstrap}, {self.ece_bins}")
+
+
 def load_params(kind: str, path):
     """(the kind's section, the `evaluate` section: bootstrap, seed, ece_bins) of a params file."""
-    from pipeline.evaluate import load_params as load_evaluate
     from pipeline.params import load_section
     name, cls = SECTIONS[kind]
-    return load_section(name, cls, path), load_evaluate(path)
+    return load_section(name, cls, path), load_section("evaluate", ScoringParams, path)
 
 
 # --- signal manipulation -------------------------------------------------------------------------

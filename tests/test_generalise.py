@@ -215,3 +215,11 @@ def test_external_missing_database_is_named(package, tmp_path, capsys):
     out = tmp_path / "external.json"
     rc = generalise.main(["external", "--params", str(params), "--model", str(package["dir"]), "--out", str(out)])
     assert rc == 2 and "nowhere: database folder missing" in capsys.readouterr().err and not out.exists()
+
+
+def test_scoring_params_mirror_the_evaluate_section():
+    import dataclasses
+
+    from pipeline.evaluate import EvaluateParams
+    fields = lambda cls: [(f.name, f.type, f.default) for f in dataclasses.fields(cls)]  # noqa: E731
+    assert fields(generalise.ScoringParams) == fields(EvaluateParams)
