@@ -272,9 +272,11 @@ def test_bad_metrics_files_name_the_file(tmp_path):
 
 def test_missing_or_stringy_inputs_are_named(tmp_path):
     write_fixture(tmp_path, vision=False)
-    info = tmp_path / "artifacts/ecg/tiny1d-ce/eval.json"
-    info.unlink()
-    with pytest.raises(ReportError, match="tiny1d-ce/eval.json: file not found"):
+    (tmp_path / "metrics/ecg/external.json").write_text('{"records": "another stage\'s metrics"}')  # not a run
+    build(tmp_path, tmp_path / "out", CFG)
+    assert not (tmp_path / "out/runs/ecg/external.html").exists()
+    (tmp_path / "metrics/ecg/tiny1d-ce.json").unlink()
+    with pytest.raises(ReportError, match="metrics/ecg/tiny1d-ce.json: file not found"):
         build(tmp_path, tmp_path / "out", CFG)
     path = tmp_path / "metrics/ecg/tiny1d-focal.json"
     path.write_text(path.read_text().replace('"macro_f1": {', '"macro_f1": [0.1, 0.2], "x": {', 1))
@@ -343,20 +345,22 @@ def test_page_intervals_are_the_evaluate_stage_ones(ecg_only):
     assert run.info["evaluate"]["bootstrap"] == EVAL.bootstrap and "200 resamples" in page
 
 
-def _committed_metrics():
-    files = sorted((ROOT / "metrics").glob("*/*.json"))
-    old = [p.name for p in files if not _numbers_only(json.loads(p.read_text()))]
+def _evaluated_runs():
+    """(metrics file, eval.json) of each run the evaluate stages left in this working copy."""
+    files = [(ROOT / "metrics" / p.parts[-3] / f"{p.parent.name}.json", p)
+             for p in sorted((ROOT / "artifacts").glob("*/*/eval.json"))]
+    old = [m.name for m, _ in files if m.is_file() and not _numbers_only(json.loads(m.read_text()))]
     return files, old
 
 
-@pytest.mark.skipif(not _committed_metrics()[0], reason="no committed metrics files")
-def test_report_on_committed_files(tmp_path):
-    files, old = _committed_metrics()
+@pytest.mark.skipif(not _evaluated_runs()[0], reason="no evaluated runs in this working copy")
+def test_report_on_the_working_copy_runs(tmp_path):
+    files, old = _evaluated_runs()
     if old:
-        pytest.skip(f"committed metrics predate the numbers-only vocabulary (rerun the evaluate stages): {old[:3]}")
+        pytest.skip(f"metrics files predate the numbers-only vocabulary (rerun the evaluate stages): {old[:3]}")
     written = build(ROOT, tmp_path, ReportParams())
     index = _html(tmp_path / "index.html")
-    for metrics_path in files:
+    for metrics_path, _ in files:
         rel = f"runs/{metrics_path.parent.name}/{metrics_path.stem}.html"
         assert rel in index.links and tmp_path / rel in written
         check_run_page(_html(tmp_path / rel), json.loads(metrics_path.read_text()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,10 +36,14 @@ class ArmReport:
     load_data: Callable = lambda root, info, notes: {}   # (root, eval.json, notes) -> data for the template
     render_error: Callable | None = None   # (x, data) -> (PNG data URI, kind) of one error example
     error_caption: str = ""       # what one error example shows
-    metrics_glob: str = field(default="")  # default: metrics/<name>/*.json
 
-    def metrics_files(self, root: Path) -> list[Path]:
-        return sorted(root.glob(self.metrics_glob or f"metrics/{self.name}/*.json"))
+    def run_names(self, root: Path) -> list[str]:
+        """Runs the evaluate stage wrote: artifacts/<arm>/<run>/eval.json (other json files under
+        metrics/<arm>/, e.g. another stage's metrics, are not runs)."""
+        return sorted(p.parent.name for p in (root / "artifacts" / self.name).glob("*/eval.json"))
+
+    def metrics_file(self, root: Path, run: str) -> Path:
+        return root / "metrics" / self.name / f"{run}.json"
 
 
 def load_arm(name: str) -> ArmReport:

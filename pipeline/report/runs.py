@@ -157,5 +157,6 @@ def load_run(root: Path, arm: ArmReport, metrics_path: Path) -> Run:
 
 
 def discover(root: Path, arms: list[ArmReport]) -> dict[str, list[Run]]:
-    """arm name -> its runs, one per metrics file (empty list when none)."""
-    return {arm.name: [load_run(root, arm, p) for p in arm.metrics_files(root)] for arm in arms}
+    """arm name -> its runs, one per eval.json the evaluate stage wrote (empty list when none)."""
+    return {arm.name: [load_run(root, arm, arm.metrics_file(root, run)) for run in arm.run_names(root)]
+            for arm in arms}
