@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline import assess, plots, tracking
+from pipeline import assess, clinical, plots, tracking
 from pipeline.io import read_json, save_npz, write_json
 from pipeline.params import PARAMS_FILE, ParamsError, load_section
 from pipeline.stage import run_args
@@ -57,6 +57,8 @@ class Inputs:
     arrays: dict = field(default_factory=dict)   # more per-sample arrays for eval.npz
     data: dict = field(default_factory=dict)     # facts about the data, copied to eval.json
     train: dict = field(default_factory=dict)    # facts about training, copied to eval.json
+    positive: str | None = None     # two-class task: the class of interest (ROC, operating points)
+    ordinal: bool = False           # classes are ordered grades (quadratic kappa, within-one accuracy)
 
 
 @dataclass(frozen=True)
@@ -117,20 +119,41 @@ def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, 
     if inputs.train.get("history"):
         figs["history"] = plots.plot_history(inputs.train["history"], art_dir / "figures" / "history.png")
     worst = assess.top_errors(inputs.y, scores.probs, MAX_ERRORS)
+    y_val, probs_val = val
     save_npz(art_dir / "eval.npz", y_true=inputs.y, probs=scores.probs, probs_before=probs, group=inputs.groups,
-             error_index=worst, **inputs.errors(worst), **inputs.arrays)
-    metrics = {**scores.metrics, "val_macro_f1": trained_fact(trained, "val_macro_f1", art_dir / "train.json")}
+             error_index=worst, y_val=np.asarray(y_val), probs_val=np.asarray(probs_val),
+             **inputs.errors(worst), **inputs.arrays)
+    metrics = {**scores.metrics, **clinical_metrics(inputs, probs, val, cfg),
+               "val_macro_f1": trained_fact(trained, "val_macro_f1", art_dir / "train.json")}
+    metrics["ci95"] = {**scores.metrics["ci95"], **metrics.pop("_ci95", {})}
     logged = {**metrics, "ci95": {**metrics["ci95"], "per_class": scores.class_ci95}}  # MLflow gets every CI
     run_id, model_uri = log(logged, list(figs.values()))
     info = {"arm": adapter.arm, "run": name, **{k: trained.get(k) for k in adapter.run_keys},
             "split": adapter.split, "selected_on": adapter.selected_on, "classes": list(inputs.classes),
-            "scored": list(inputs.scored), "n_test": int(len(inputs.y)),
+            "scored": list(inputs.scored), "positive": inputs.positive, "ordinal": inputs.ordinal,
+            "n_test": int(len(inputs.y)),
             "n_groups": int(len(np.unique(inputs.groups))), "evaluate": asdict(cfg),
             "class_ci95": scores.class_ci95, "mlflow_run_id": run_id, "model_uri": model_uri,
             "model_info": trained.get("model_info") or {}, "train": inputs.train, "data": inputs.data}
     write_json(art_dir / "eval.json", info)
     write_json(root / "metrics" / adapter.arm / f"{name}.json", metrics)  # last: appears when all else is there
     return metrics
+
+
+def clinical_metrics(inputs: Inputs, probs, val: tuple, cfg: EvaluateParams) -> dict:
+    """AUC with its CI and operating points (two-class tasks with a `positive` class), ordinal
+    agreement (graded tasks); CIs under the key `_ci95` (merged into `ci95` by the caller)."""
+    out, ci = {}, {}
+    if inputs.positive is not None:
+        b = clinical.binary_metrics(inputs.y, probs, *val, list(inputs.classes).index(inputs.positive),
+                                    inputs.groups, cfg.bootstrap, cfg.seed)
+        out.update(auc=b["auc"], operating_points=b["operating_points"])
+        ci["auc"] = b["auc_ci"]
+    if inputs.ordinal:
+        for key, (value, interval) in clinical.ordinal_metrics(inputs.y, np.asarray(probs).argmax(axis=1),
+                                                               inputs.groups, cfg.bootstrap, cfg.seed).items():
+            out[key], ci[key] = value, interval
+    return {**out, "_ci95": ci} if out else {}
 
 
 def _fmt(v) -> str:

@@ -15,6 +15,19 @@ from pipeline.evaluate import Adapter, Inputs, trained_fact
 from vision import dataset
 
 DATA_KEYS = ("dataset", "source", "image_size", "channels", "n", "n_per_class")
+# The class of interest of two-class tasks (ROC, operating points, sensitivity banner); graded tasks.
+POSITIVE = {"pneumoniamnist": "pneumonia", "breastmnist": "malignant"}
+ORDINAL = {"retinamnist"}
+
+
+def positive_class(name: str, classes: list) -> str | None:
+    """The class of interest of a two-class dataset (the non-'normal' one when not listed)."""
+    if len(classes) != 2:
+        return None
+    if POSITIVE.get(name) in classes:
+        return POSITIVE[name]
+    other = [c for c in classes if not str(c).lower().startswith("normal")]
+    return other[0] if len(other) == 1 else classes[1]
 
 
 def history(trained: dict) -> dict:
@@ -33,13 +46,15 @@ def load(data_dir: Path, art_dir: Path, trained: dict) -> Inputs:
         raise ValueError(f"{train_json}: model was trained on other data than {data_dir / name}.npz; "
                          "rerun train_vision")
     val, test = splits["val"], splits["test"]
+    classes = list(meta["class_names"])
     return Inputs(
         x=test.x, y=test.y, groups=test.index, classes=list(meta["class_names"]),
         scored=list(meta["class_names"]),
         validation=lambda model: (val.y, predict_probs(model, val.x, ADAPTER.batch_size)),
         errors=lambda idx: {"error_x": test.x[idx]},
         data={k: meta[k] for k in DATA_KEYS if k in meta},
-        train={"history": history(trained), **{k: trained[k] for k in ("best_epoch", "epochs_run") if k in trained}})
+        train={"history": history(trained), **{k: trained[k] for k in ("best_epoch", "epochs_run") if k in trained}},
+        positive=positive_class(name, classes), ordinal=name in ORDINAL)
 
 
 def register() -> None:
