@@ -14,7 +14,8 @@ SPLITS = Path("reports/ecg/dataset.json")   # class counts per split, records, f
 
 
 def load_data(root: Path, info: dict, notes: list) -> dict:
-    return {"meta": optional_json(root / META, notes) or {}, "splits": optional_json(root / SPLITS, notes) or {}}
+    return {"meta": optional_json(root / META, notes, META) or {},
+            "splits": optional_json(root / SPLITS, notes, SPLITS) or {}}
 
 
 def render_error(x, data) -> tuple[str, str]:

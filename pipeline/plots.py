@@ -6,6 +6,7 @@ the figure and returns `path` as a Path.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -26,8 +27,9 @@ def _save(fig, path) -> Path:
 def _heatmap(ax, data, class_names, fmt, title):
     ax.imshow(data, cmap="Blues", vmin=0)
     ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names)
-    ax.set_yticks(ticks, class_names)
+    names = [textwrap.fill(str(c), 10) for c in class_names]   # long names ("normal, benign") must not overlap
+    ax.set_xticks(ticks, names, fontsize=8)
+    ax.set_yticks(ticks, names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
@@ -44,9 +46,10 @@ def plot_confusion(cm, class_names, path, title="Confusion matrix") -> Path:
     rows = cm.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(rows > 0, cm / rows, np.nan)
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(class_names), 2 + 0.8 * len(class_names)))
+    k = max(len(class_names), 3)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.8 * k, 2 + 0.8 * k), layout="constrained")
     _heatmap(axes[0], cm, class_names, "d", "counts")
-    _heatmap(axes[1], norm, class_names, ".2f", "row-normalised (recall)")
+    _heatmap(axes[1], norm, class_names, ".0%", "share of the true class")
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -63,7 +66,7 @@ def plot_reliability(bins_before, bins_after, ece_before, ece_after, path) -> Pa
     for bins, ece, style, label in ((bins_before, ece_before, "o-", "before"),
                                     (bins_after, ece_after, "s-", "after")):
         pts = _bin_points(bins)
-        ax.plot(pts[:, 0], pts[:, 1], style, ms=4, label=f"{label} (ECE {ece:.3f})")
+        ax.plot(pts[:, 0], pts[:, 1], style, ms=4, label=f"{label} (ECE {100 * ece:.1f}%)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")

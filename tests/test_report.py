@@ -75,7 +75,7 @@ def _vision_run(root, rng, regime, val, sharp):
                             for s, n in (("train", 900), ("val", 100), ("test", 300))}}
     return _write_run(root, VISION, f"pneumoniamnist-tinynet-{regime}-ce", rng, classes, classes, [0.4, 0.6],
                       np.arange(300), sharp, None, trained,
-                      lambda k: rng.integers(0, 255, (k, 28, 28, 1)).astype(np.uint8), data=data)
+                      lambda k: rng.integers(0, 255, (k, 28, 28, 1)).astype(np.uint8), data=data, positive="pneumonia")
 
 
 _MADE: dict = {}  # vision flag -> (folder, names): each fixture is made once per session, then copied
@@ -323,8 +323,8 @@ def test_failure_modes_and_contrast_wording():
               classes=ECG_CLASSES)
     cm = np.array([[90, 2, 3, 0, 0], [30, 10, 0, 0, 0], [1, 0, 19, 0, 0], [3, 0, 2, 0, 0], [0, 0, 0, 0, 1]])
     modes = tables.failure_modes(run, cm)
-    assert modes[0] == "No beat was predicted as F: all 5 F beats in the test set were missed."
-    assert "S beats are most often called N (75.0% of S beats: 30 of 40)." in modes
+    assert modes[0] == "No beat was predicted as F: all 5 test beats of class F were missed."
+    assert "Beats of class S are most often called N (75.0% of them: 30 of 40)." in modes
     assert "do not overlap: a is better" in compare.contrast("F1", ("a", 0.8, _ci(0.7, 0.9)), ("b", 0.5, _ci(0.4, 0.6)))
     assert "cannot tell them apart" in compare.contrast("F1", ("a", 0.6, _ci(0.4, 0.7)), ("b", 0.5, _ci(0.4, 0.6)))
     assert "no call" in compare.contrast("F1", ("a", None, None), ("b", 0.5, _ci(0.4, 0.6)))

@@ -57,6 +57,31 @@ def reliability(run) -> str | None:
                      cal.reliability_bins(after, y, n_bins), ece_before, ece_after)
 
 
+def roc(run, positive: str, points: list) -> str | None:
+    """ROC curve of the class of interest, with the operating points (test se / 1 - spec) marked."""
+    from pipeline import clinical
+
+    a = run.arrays
+    if a is None or positive not in run.classes:
+        return None
+    y_pos = a["y_true"] == run.classes.index(positive)
+    if y_pos.all() or not y_pos.any():
+        return None
+    fpr, tpr = clinical.roc(y_pos, a["probs"][:, run.classes.index(positive)])
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 100], [0, 100], "k:", lw=1, label="chance")
+    ax.plot(100 * fpr, 100 * tpr, lw=1.5, color="#1f4e79", label="ROC (test)")
+    for p, marker in zip(points, "os^D"):
+        if p.get("se") is not None and p.get("spec") is not None:
+            ax.plot(100 * (1 - p["spec"]), 100 * p["se"], marker, ms=7, label=p["key"].replace("_", " "))
+    ax.set_xlabel("1 - specificity (%)")
+    ax.set_ylabel(f"sensitivity for {positive} (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=7)
+    return _fig_uri(fig)
+
+
 def history(train: dict | None) -> str | None:
     """Training curves; with cross-validation (train["folds"]) one curve per fold and metric."""
     folds = (train or {}).get("folds") or {}

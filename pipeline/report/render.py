@@ -1,12 +1,12 @@
 """Jinja2 environment (autoescape on, strict undefined) and the context of each page."""
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, StrictUndefined
 
 from pipeline.io import write_text
-from pipeline.report import compare, figures, tables
+from pipeline.report import clinical, compare, figures, tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 INFO_LABELS = {"name": "Architecture", "params": "Parameters",
@@ -28,7 +28,7 @@ def environment(arms) -> Environment:
         {arm.name: FileSystemLoader(arm.template.parent) for arm in arms})])
     env = Environment(loader=loader, autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=tables.pct, ci=tables.ci_text, num=_num,
+    env.filters.update(basename=lambda v: PurePath(str(v).replace("\\", "/")).name, pct=tables.pct, ci=tables.ci_text, num=_num,
                        dec=lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}")
     return env
 
@@ -68,7 +68,10 @@ def confusion_rows(cm, classes) -> list[dict]:
 
 def run_context(run, max_errors: int) -> dict:
     cm = tables.confusion(run)
+    binary = clinical.binary(run)
     return {
+        "binary": binary, "ordinal": clinical.ordinal(run), "degenerate": clinical.degenerate(run),
+        "roc_uri": binary and figures.roc(run, binary["positive"], binary["points"]),
         "run": run, "title": title(run), "root": "../../", "arm_template": f"{run.arm.name}/{run.arm.template.name}",
         "macro": tables.overall(run, "macro_f1"), "accuracy": tables.overall(run, "accuracy"),
         "columns": tables.COLUMNS, "rows": tables.headline(run), "n_boot": run.n_boot,

@@ -129,10 +129,11 @@ def load_eval(path: Path, n_labels: int) -> dict | None:
     return arrays
 
 
-def optional_json(path: Path, notes: list):
-    """A json file an arm's loader reads, or None with a note when it is absent."""
+def optional_json(path: Path, notes: list, shown: Path | str | None = None):
+    """A json file an arm's loader reads, or None with a note when it is absent (the note names
+    `shown`, a path relative to the project, so no page shows a path of the build machine)."""
     if not path.is_file():
-        notes.append(f"{path} not found: the parts that need it are left out.")
+        notes.append(f"{shown or path.name} not found: the parts that need it are left out.")
         return None
     try:
         return read_json(path)
@@ -151,7 +152,7 @@ def load_run(root: Path, arm: ArmReport, metrics_path: Path) -> Run:
     run.data = arm.load_data(root, run.info, run.notes) or {}
     run.arrays = load_eval(art / "eval.npz", len(run.classes))
     if run.arrays is None:
-        run.notes.append(f"{art / 'eval.npz'} not found: no confusion matrix, reliability diagram "
+        run.notes.append(f"artifacts/{arm.name}/{run.name}/eval.npz not found: no confusion matrix, reliability diagram "
                          "or error examples.")
     return run
 

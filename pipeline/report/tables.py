@@ -80,15 +80,15 @@ def failure_modes(run, cm) -> list[str]:
         if n == 0:
             continue
         if cm[:, k].sum() == 0:
-            found.append((2.0, f"No {u} was predicted as {c}: all {n:,} {c} {u}s in the test set were missed."))
+            found.append((2.0, f"No {u} was predicted as {c}: all {n:,} test {u}s of class {c} were missed."))
             continue
         off = cm[k].copy()
         off[k] = 0
         j = int(off.argmax())
         if off[j]:
             rate = off[j] / n
-            found.append((rate, f"{c} {u}s are most often called {names[j]} "
-                                f"({pct(rate)} of {c} {u}s: {int(off[j]):,} of {n:,})."))
+            found.append((rate, f"{u.capitalize()}s of class {c} are most often called {names[j]} "
+                                f"({pct(rate)} of them: {int(off[j]):,} of {n:,})."))
     fp = cm.sum(axis=0) - np.diag(cm)
     if fp.sum():
         j = int(fp.argmax())

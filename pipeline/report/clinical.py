@@ -1,0 +1,50 @@
+"""Clinically framed parts of a run page: AUC and operating points of two-class tasks, ordinal
+agreement of graded tasks, a warning when the class of interest is often missed, degenerate models.
+
+Numbers come from the metrics file (evaluate wrote them); the ROC curve is drawn from eval.npz.
+"""
+from __future__ import annotations
+
+from pipeline import clinical
+
+LOW_SE = 0.80   # below this sensitivity for the class of interest, the page opens with a red warning
+POINTS = {"in_use": "The model's own call (the most probable class; threshold 50%)",
+          "se95_val": "Threshold giving 95% sensitivity on the validation data, read on test"}
+ORDINAL = {"kappa_quadratic": ("Quadratic-weighted kappa", "agreement with the true grade beyond chance; "
+                               "a call two grades off counts four times as much as one grade off (100% = perfect)"),
+           "within_one": ("Within one grade", "share of calls at most one grade away from the true grade")}
+
+
+def _ci(run, key):
+    return (run.metrics.get("ci95") or {}).get(key)
+
+
+def binary(run) -> dict | None:
+    """{"positive", "auc", "points", "low_se"} of a two-class run whose evaluate named a class of interest."""
+    positive = run.info.get("positive")
+    if positive is None or "operating_points" not in run.metrics:
+        return None
+    points = [{"key": k, "label": POINTS.get(k, k), **v} for k, v in run.metrics["operating_points"].items()]
+    row = run.metrics["per_class"].get(positive) or {}
+    se = row.get("se")
+    low = None
+    if se is not None and se < LOW_SE:
+        n = row.get("n")
+        missed = round((1 - se) * n) if n else None
+        low = {"se": se, "n": n, "missed": missed}
+    return {"positive": positive, "auc": {"value": run.metrics.get("auc"), "ci": _ci(run, "auc"), "reason": None
+                                          if run.metrics.get("auc") is not None else "one class only in the test set",
+                                          "ci_reason": None},
+            "points": points, "low_se": low, "low_threshold": LOW_SE}
+
+
+def ordinal(run) -> list[dict]:
+    """Ordinal agreement rows of a graded task (empty otherwise)."""
+    return [{"key": k, "label": label, "what": what,
+             "cell": {"value": run.metrics[k], "ci": _ci(run, k), "ci_reason": None,
+                      "reason": None if run.metrics[k] is not None else "undefined on this test set"}}
+            for k, (label, what) in ORDINAL.items() if k in run.metrics]
+
+
+def degenerate(run) -> list[str]:
+    return clinical.degenerate(run.metrics)

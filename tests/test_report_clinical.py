@@ -1,0 +1,100 @@
+"""Report v2 on synthetic runs: AUC and operating points against the metrics files, the red
+low-sensitivity warning, ordinal grades, paired comparisons, and no absolute path in any page."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from pipeline.report.stage import ReportParams, build
+from tests.test_report import _probs, _html, as_value
+from pipeline.evaluate import EvaluateParams, Inputs, write_outputs
+from vision.evaluate import ADAPTER as VISION
+
+EVAL = EvaluateParams(bootstrap=100, ece_bins=10, seed=42)
+ABSOLUTE = re.compile(r"(?<![\w.:/])/(?:work|tmp|home|root|Users|mnt|var|srv)/")
+
+
+def _run(root, rng, dataset, regime, classes, p, sharp, positive=None, ordinal=False, n=240):
+    y, yv = rng.choice(len(classes), size=n, p=p), rng.choice(len(classes), size=n, p=p)
+    probs, pv = _probs(rng, y, len(classes), sharp), _probs(rng, yv, len(classes), sharp)
+    name = f"{dataset}-tinynet-{regime}-ce"
+    trained = {"dataset": dataset, "model": "tinynet", "regime": regime, "loss": "ce", "val_macro_f1": 0.6,
+               "model_info": {"params": 5000}}
+    data = {"dataset": dataset, "source": f"/work/shared/data/medmnist/{dataset}.npz", "channels": 1,
+            "image_size": [28, 28]}
+    inputs = Inputs(x=None, y=y, groups=np.arange(n), classes=classes, scored=classes, validation=None,
+                    errors=lambda idx: {"error_x": rng.integers(0, 255, (len(idx), 28, 28, 1)).astype(np.uint8)},
+                    data=data, positive=positive, ordinal=ordinal)
+    write_outputs(VISION, name, EVAL, root, trained, inputs, probs, (yv, pv), lambda m, f: ("id", "uri"))
+    return name
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clinical")
+    rng = np.random.default_rng(3)
+    breast = ["malignant", "normal, benign"]
+    names = [_run(root, rng, "breastmnist", "frozen", breast, [0.27, 0.73], 0.3, positive="malignant"),
+             _run(root, rng, "breastmnist", "finetune", breast, [0.27, 0.73], 4.0, positive="malignant"),
+             _run(root, rng, "retinamnist", "frozen", list("01234"), [0.4, 0.15, 0.2, 0.15, 0.1], 1.5, ordinal=True),
+             _run(root, rng, "retinamnist", "finetune", list("01234"), [0.4, 0.15, 0.2, 0.15, 0.1], 2.5, ordinal=True)]
+    build(root, root / "out", ReportParams(max_errors=4, arms=("vision",)))
+    return root, names
+
+
+def _metrics(root, name):
+    return json.loads((root / "metrics/vision" / f"{name}.json").read_text())
+
+
+def _page(root, name):
+    return _html(root / "out/runs/vision" / f"{name}.html")
+
+
+def test_binary_page_auc_and_operating_points_match_metrics(built):
+    root, names = built
+    for name in names[:2]:
+        m, page = _metrics(root, name), _page(root, name)
+        assert as_value(page.ids["auc"]["data-value"]) == m["auc"]
+        assert f"{100 * m['auc']:.1f}%" in page.text and f"{100 * m['ci95']['auc']['lo']:.1f}" in page.text
+        cells = [c for c in page.cells if c["table"] == "operating-points-table"]
+        assert {c["row"]["data-point"] for c in cells} == set(m["operating_points"]) == {"in_use", "se95_val"}
+        for c in cells:
+            assert as_value(c["value"]) == m["operating_points"][c["row"]["data-point"]][c["metric"]]
+        assert any(src.startswith("data:image/png") for src in page.images)  # the ROC figure among them
+
+
+def test_low_sensitivity_is_a_red_banner_with_the_number(built):
+    root, names = built
+    weak, strong = (_metrics(root, n)["per_class"]["malignant"]["se"] for n in names[:2])
+    assert weak < 0.8 <= strong
+    page = _page(root, names[0])
+    assert as_value(page.ids["low-sensitivity"]["data-value"]) == weak
+    assert page.ids["low-sensitivity"]["class"] == "alarm" and f"{100 * weak:.1f}%" in page.text
+    assert "low-sensitivity" not in _page(root, names[1]).ids
+
+
+def test_retina_grades_and_ordinal_metrics(built):
+    root, names = built
+    for name in names[2:]:
+        m, page = _metrics(root, name), _page(root, name)
+        html = (root / "out/runs/vision" / f"{name}.html").read_text()
+        for key in ("kappa_quadratic", "within_one"):
+            hit = re.search(rf'<tr data-metric="{key}">.*?data-value="([^"]+)"', html, re.S)
+            assert hit and as_value(hit.group(1)) == m[key]
+            assert m["ci95"][key]["lo"] <= m[key] <= m["ci95"][key]["hi"]
+        assert "diabetic retinopathy severity" in page.text and "proliferative retinopathy" in page.text
+        assert "auc" not in page.ids and "low-sensitivity" not in page.ids
+
+
+def test_no_absolute_path_and_no_mangled_sentences(built):
+    root, _ = built
+    pages = list((root / "out").rglob("*.html"))
+    assert len(pages) == 6
+    for path in pages:
+        text = path.read_text()
+        assert str(root) not in text and not ABSOLUTE.search(text), path
+        assert "move together" not in text and not re.search(r"all \d[\d,]* \d \w+s", text), path
+        assert "ECE before scaling" not in text or re.search(r"ECE before scaling <strong>[\d.]+%", text)
