@@ -118,22 +118,42 @@ def _group_confusions(y, pred, inverse, n_groups, k):
     return np.bincount(flat, minlength=n_groups * k * k).reshape(n_groups, k, k).astype(np.float64)
 
 
-def paired_difference(y, pred_a, pred_b, groups, idx, n_boot: int, seed: int, n_classes: int) -> dict:
-    """Macro-F1 of a minus b on the same samples, with the 95% CI of a paired group bootstrap
-    (each draw resamples the same groups for both runs). {"diff", "ci", "a", "b"}."""
+def class_f1(cm: np.ndarray, k: int) -> float | None:
+    return macro_f1(cm, [k])
+
+
+def accuracy(cm: np.ndarray) -> float | None:
+    return float(np.trace(cm) / cm.sum()) if cm.sum() else None
+
+
+def paired_differences(y, pred_a, pred_b, groups, fns: dict, n_boot: int, seed: int, n_classes: int) -> dict:
+    """For each confusion statistic fns[name](cm): run a minus run b on the same samples, with the
+    95% CI of a paired group bootstrap (each draw resamples the same groups for both runs).
+    name -> {"a", "b", "diff", "ci"}."""
     y, groups = np.asarray(y, np.int64), np.asarray(groups)
     _, inverse = np.unique(groups, return_inverse=True)
     n_groups = int(inverse.max()) + 1 if len(inverse) else 0
     ca = _group_confusions(y, np.asarray(pred_a, np.int64), inverse, n_groups, n_classes)
     cb = _group_confusions(y, np.asarray(pred_b, np.int64), inverse, n_groups, n_classes)
-    fa, fb = macro_f1(ca.sum(0), idx), macro_f1(cb.sum(0), idx)
     rng = np.random.default_rng(seed)
-    diffs = []
+    diffs = {name: [] for name in fns}
     for _ in range(n_boot):
         w = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(np.float64)
-        a, b = macro_f1(np.tensordot(w, ca, 1), idx), macro_f1(np.tensordot(w, cb, 1), idx)
-        diffs.append(None if a is None or b is None else a - b)
-    return {"a": fa, "b": fb, "diff": None if fa is None or fb is None else fa - fb, "ci": percentile(diffs)}
+        wa, wb = np.tensordot(w, ca, 1), np.tensordot(w, cb, 1)
+        for name, fn in fns.items():
+            a, b = fn(wa), fn(wb)
+            diffs[name].append(None if a is None or b is None else a - b)
+    out = {}
+    for name, fn in fns.items():
+        a, b = fn(ca.sum(0)), fn(cb.sum(0))
+        out[name] = {"a": a, "b": b, "diff": None if a is None or b is None else a - b, "ci": percentile(diffs[name])}
+    return out
+
+
+def paired_difference(y, pred_a, pred_b, groups, idx, n_boot: int, seed: int, n_classes: int) -> dict:
+    """Macro-F1 of a minus b over the classes `idx` (see paired_differences)."""
+    return paired_differences(y, pred_a, pred_b, groups, {"m": lambda cm: macro_f1(cm, idx)},
+                              n_boot, seed, n_classes)["m"]
 
 
 def degenerate(metrics: dict) -> list[str]:

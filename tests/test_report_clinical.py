@@ -18,7 +18,8 @@ ABSOLUTE = re.compile(r"(?<![\w.:/])/(?:work|tmp|home|root|Users|mnt|var|srv)/")
 
 
 def _run(root, rng, dataset, regime, classes, p, sharp, positive=None, ordinal=False, n=240):
-    y, yv = rng.choice(len(classes), size=n, p=p), rng.choice(len(classes), size=n, p=p)
+    same = np.random.default_rng(sum(map(ord, dataset)))   # one test set per dataset, as in the pipeline
+    y, yv = same.choice(len(classes), size=n, p=p), same.choice(len(classes), size=n, p=p)
     probs, pv = _probs(rng, y, len(classes), sharp), _probs(rng, yv, len(classes), sharp)
     name = f"{dataset}-tinynet-{regime}-ce"
     trained = {"dataset": dataset, "model": "tinynet", "regime": regime, "loss": "ce", "val_macro_f1": 0.6,
@@ -98,3 +99,45 @@ def test_no_absolute_path_and_no_mangled_sentences(built):
         assert str(root) not in text and not ABSOLUTE.search(text), path
         assert "move together" not in text and not re.search(r"all \d[\d,]* \d \w+s", text), path
         assert "ECE before scaling" not in text or re.search(r"ECE before scaling <strong>[\d.]+%", text)
+
+
+def test_compare_uses_paired_bootstrap(built):
+    """The compare page's differences are the paired bootstrap of the two runs' eval.npz (recomputed here)."""
+    from pipeline import clinical
+
+    root, names = built
+    html = (root / "out/compare.html").read_text()
+    rows = re.findall(r'<tr data-pair="([^"]+)" data-what="([^"]+)" data-diff="([^"]+)" data-lo="([^"]+)" '
+                      r'data-hi="([^"]+)"', html)
+    assert rows and "paired bootstrap" in html
+    z = {n: np.load(root / "artifacts/vision" / n / "eval.npz") for n in names[:2]}
+    fin, fro = z[names[1]], z[names[0]]
+    want = clinical.paired_differences(fin["y_true"], fin["probs"].argmax(1), fro["probs"].argmax(1), fin["group"],
+                                       {"macro_f1": lambda cm: clinical.macro_f1(cm, [0, 1])}, EVAL.bootstrap,
+                                       EVAL.seed, 2)["macro_f1"]
+    got = [r for r in rows if r[0] == "finetune|frozen" and r[1] == "macro_f1"]
+    assert got, rows
+    m_fin, m_fro = _metrics(root, names[1]), _metrics(root, names[0])
+    assert float(got[0][2]) == pytest.approx(m_fin["macro_f1"] - m_fro["macro_f1"]) == pytest.approx(want["diff"])
+    assert (float(got[0][3]), float(got[0][4])) == pytest.approx((want["ci"]["lo"], want["ci"]["hi"]))
+    assert "finetune is better" in html and "overlap" not in html
+
+
+def test_compare_flags_degenerate_runs(tmp_path):
+    rng = np.random.default_rng(5)
+    breast = ["malignant", "normal, benign"]
+    a = _run(tmp_path, rng, "breastmnist", "frozen", breast, [0.27, 0.73], 3.0, positive="malignant")
+    # a run that never calls malignant
+    y = np.random.default_rng(sum(map(ord, "breastmnist"))).choice(2, size=240, p=[0.27, 0.73])
+    probs = np.tile([0.1, 0.9], (240, 1))
+    inputs = Inputs(x=None, y=y, groups=np.arange(240), classes=breast, scored=breast, validation=None,
+                    errors=lambda idx: {}, positive="malignant")
+    write_outputs(VISION, "breastmnist-tinynet-finetune-ce", EVAL, tmp_path,
+                  {"dataset": "breastmnist", "model": "tinynet", "regime": "finetune", "loss": "ce", "val_macro_f1": 0.4},
+                  inputs, probs, (y, probs), lambda m, f: ("id", "uri"))
+    build(tmp_path, tmp_path / "out", ReportParams(max_errors=2, arms=("vision",)))
+    html = (tmp_path / "out/compare.html").read_text()
+    assert 'data-run="breastmnist-tinynet-finetune-ce" class="degenerate"' in html
+    assert "degenerate: malignant is never predicted" in html and f'data-run="{a}" class="chosen"' in html
+    page = _page(tmp_path, "breastmnist-tinynet-finetune-ce")
+    assert "degenerate" in page.ids and "Low sensitivity for malignant" in page.text

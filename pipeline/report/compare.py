@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from itertools import combinations
 
+import numpy as np
+
+from pipeline import clinical
 from pipeline.report.tables import ci_text, pct
+
+DEFAULT_BOOT = 1000   # when eval.json records no resample count
 
 
 def rare_classes(runs) -> list[str]:
@@ -41,12 +46,55 @@ def contrast(what: str, a: tuple, b: tuple) -> str:
     return text + "; the 95% intervals overlap, so this test set cannot tell them apart."
 
 
+def _points(v) -> str:
+    return f"{100 * v:+.1f} points"
+
+
+def paired_text(what: str, la: str, lb: str, d: dict, group: str) -> str:
+    """Plain words for a paired difference {"a", "b", "diff", "ci"} of run a (label la) minus b."""
+    if d["diff"] is None:
+        return f"{what}: {la} {pct(d['a'])} vs {lb} {pct(d['b'])}; undefined for one of them, so no call."
+    text = f"{what}: {la} {pct(d['a'])} vs {lb} {pct(d['b'])}, difference {la} − {lb} {_points(d['diff'])}"
+    ci = d["ci"]
+    if not ci:
+        return text + " (no paired interval), so no call."
+    text += f" (paired 95% CI {_points(ci['lo'])} to {_points(ci['hi'])}, same {group}s resampled for both)"
+    if ci["lo"] > 0 or ci["hi"] < 0:
+        return text + f": {la if d['diff'] > 0 else lb} is better."
+    return text + ": the interval includes 0, so this test set cannot tell them apart."
+
+
+def _same_test_set(ra, rb) -> bool:
+    a, b = getattr(ra, "arrays", None), getattr(rb, "arrays", None)
+    if a is None or b is None or "group" not in a or "group" not in b:
+        return False
+    return (a["probs"].shape == b["probs"].shape and np.array_equal(a["y_true"], b["y_true"])
+            and np.array_equal(a["group"], b["group"]))
+
+
+def paired(ra, rb, classes: list[str]) -> dict | None:
+    """Paired bootstrap differences (a - b) of macro-F1, accuracy and each class's F1; None when the two
+    runs were not scored on the same samples (then the unpaired intervals are all there is)."""
+    if not _same_test_set(ra, rb):
+        return None
+    names = list(ra.classes)
+    idx = [names.index(c) for c in ra.scored]
+    fns = {"macro_f1": lambda cm: clinical.macro_f1(cm, idx), "accuracy": clinical.accuracy,
+           **{c: (lambda cm, k=names.index(c): clinical.class_f1(cm, k)) for c in classes}}
+    knobs = ra.info.get("evaluate") or {}
+    a = ra.arrays
+    return clinical.paired_differences(a["y_true"], a["probs"].argmax(axis=1), rb.arrays["probs"].argmax(axis=1),
+                                       a["group"], fns, int(knobs.get("bootstrap") or DEFAULT_BOOT),
+                                       int(knobs.get("seed") or 0), a["probs"].shape[1])
+
+
 def _f1(run, cls):
     return run.metrics["per_class"].get(cls, {}).get("f1"), run.class_ci(cls, "f1")
 
 
 def blocks(arm, runs) -> list[dict]:
-    """One table per block: {"title", "vary", "classes", "rows", "answers"}."""
+    """One table per block: {"title", "vary", "classes", "rows", "answers", "paired"}; `paired` holds the
+    paired-bootstrap differences {"run_a", "run_b", "what", "value_a", "value_b", "diff", "ci"} (a - b) when both runs share a test set."""
     if not runs:
         return []
     picked = chosen(runs)
@@ -61,22 +109,32 @@ def _plan_blocks(plan, runs, picked) -> list[dict]:
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         shown = rare_classes(members) if plan.focus == "rare" else members[0].scored
         rows = [{"name": r.name, "label": r.get(plan.vary), "chosen": r.name in picked,
+                 "degenerate": clinical.degenerate(r.metrics),
                  "macro": (r.get("macro_f1"), (r.get("ci95") or {}).get("macro_f1")),
                  "accuracy": (r.get("accuracy"), (r.get("ci95") or {}).get("accuracy")),
-                 "f1": {c: _f1(r, c) for c in shown}, "val": r.get("val_macro_f1")} for r in members]
+                 "f1": {c: _f1(r, c) for c in shown}, "val": r.get("val_macro_f1"), "run": r} for r in members]
         by_label = {row["label"]: row for row in rows}
         todo = plan.pairs or list(combinations(sorted(by_label), 2))
-        answers = []
+        answers, table = [], []
         for la, lb in todo:
             if la not in by_label or lb not in by_label:
                 answers.append(f"No {la if la not in by_label else lb} run yet, so no {la} vs {lb} comparison.")
                 continue
             ra, rb = by_label[la], by_label[lb]
+            d = paired(ra["run"], rb["run"], shown if plan.focus == "rare" else [])
+            if d is not None:
+                group = ra["run"].arm.group
+                table += [{"run_a": la, "run_b": lb, "what": k, "value_a": v["a"], "value_b": v["b"], "diff": v["diff"],
+                           "ci": v["ci"]} for k, v in d.items()]
+                answers.append(paired_text("Macro-F1", la, lb, d["macro_f1"], group))
+                answers += ([paired_text(f"{c} F1", la, lb, d[c], group) for c in shown] if plan.focus == "rare"
+                            else [paired_text("Accuracy", la, lb, d["accuracy"], group)])
+                continue
             answers.append(contrast("Macro-F1", (la, *ra["macro"]), (lb, *rb["macro"])))
             if plan.focus == "rare":
                 answers += [contrast(f"{c} F1", (la, *ra["f1"][c]), (lb, *rb["f1"][c])) for c in shown]
             else:
                 answers.append(contrast("Accuracy", (la, *ra["accuracy"]), (lb, *rb["accuracy"])))
         out.append({"title": " · ".join(str(k) for k in key) + plan.suffix, "vary": plan.vary, "classes": shown,
-                    "rows": rows, "answers": answers})
+                    "rows": rows, "answers": answers, "paired": table})
     return out
