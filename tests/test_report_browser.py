@@ -95,3 +95,48 @@ def test_report_pages_in_browser(chromium, tmp_path):
            pages["ecg/tiny1d-focal"].resolve().as_uri())
     data = pdf.read_bytes()
     assert data[:5] == b"%PDF-" and len(re.findall(rb"/Type\s*/Page\b", data)) >= 5  # a page per section
+
+
+def test_clinical_pages_in_browser(chromium, tmp_path, tmp_path_factory):
+    """Report v2 in chromium: AUC, operating points, the low-sensitivity banner, kappa and the paired
+    differences read from the rendered DOM equal the metrics files; no absolute path in any page;
+    screenshots of a binary page, a graded page and the compare page saved for review."""
+    from tests.test_report_clinical import ABSOLUTE, _make_built
+
+    root, names = _make_built(tmp_path_factory.mktemp("clinical-browser"))
+    out, profile = root / "out", tmp_path / "profile"
+    pages = {n: out / "runs/vision" / f"{n}.html" for n in names} | {"compare": out / "compare.html",
+                                                                       "index": out / "index.html"}
+    dom = {}
+    for key, path in pages.items():
+        dom[key], console = load(chromium, profile, path)
+        assert console == [] and dom[key].body.get("data-problems") == "0", path.name
+        assert dom[key].body.get("data-broken-images") == "0", path.name
+        assert str(root) not in dom[key].text and not ABSOLUTE.search(dom[key].text), path.name
+    for n in names:
+        m = json.loads((root / "metrics/vision" / f"{n}.json").read_text())
+        page = dom[n]
+        check_run_page(page, m)
+        if "auc" in page.ids:
+            assert float(page.ids["auc"]["data-value"]) == m["auc"]
+            for c in (c for c in page.cells if c["table"] == "operating-points-table"):
+                assert float(c["value"]) == m["operating_points"][c["row"]["data-point"]][c["metric"]]
+            se = m["per_class"]["malignant"]["se"]
+            assert ("low-sensitivity" in page.ids) == (se < 0.8)
+            if se < 0.8:
+                assert f"{100 * se:.1f}%" in page.text
+        else:
+            for key in ("kappa_quadratic", "within_one"):
+                assert f"{100 * m[key]:.1f}%" in page.text
+    fin = json.loads((root / "metrics/vision" / f"{names[1]}.json").read_text())
+    fro = json.loads((root / "metrics/vision" / f"{names[0]}.json").read_text())
+    diff = 100 * (fin["macro_f1"] - fro["macro_f1"])
+    assert f"difference finetune − frozen {diff:+.1f} points" in dom["compare"].text
+    for key, size in ((names[0], "1200,4200"), (names[2], "1200,4200"), ("compare", "1200,3000")):
+        shot = tmp_path / f"{key}.png"
+        browse(chromium, profile, f"--window-size={size}", "--hide-scrollbars", f"--screenshot={shot}",
+               pages[key].resolve().as_uri())
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    if os.environ.get("REPORT_SHOTS"):  # copy the screenshots out for review
+        for shot in tmp_path.glob("*.png"):
+            shutil.copy(shot, Path(os.environ["REPORT_SHOTS"]) / shot.name)

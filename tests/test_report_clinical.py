@@ -33,9 +33,8 @@ def _run(root, rng, dataset, regime, classes, p, sharp, positive=None, ordinal=F
     return name
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clinical")
+def _make_built(root):
+    """Two BreastMNIST-like runs (one with low malignant sensitivity), two RetinaMNIST-like runs; built report."""
     rng = np.random.default_rng(3)
     breast = ["malignant", "normal, benign"]
     names = [_run(root, rng, "breastmnist", "frozen", breast, [0.27, 0.73], 0.3, positive="malignant"),
@@ -44,6 +43,11 @@ def built(tmp_path_factory):
              _run(root, rng, "retinamnist", "finetune", list("01234"), [0.4, 0.15, 0.2, 0.15, 0.1], 2.5, ordinal=True)]
     build(root, root / "out", ReportParams(max_errors=4, arms=("vision",)))
     return root, names
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return _make_built(tmp_path_factory.mktemp("clinical"))
 
 
 def _metrics(root, name):
