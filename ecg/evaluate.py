@@ -16,6 +16,36 @@ from pipeline import evaluate
 from pipeline.evaluate import Adapter, Inputs, trained_fact
 
 TRAIN_KEYS = ("history", "folds", "val_records")
+ALARM_CLASSES = ("S", "V")   # false calls of these classes are counted per hour of DS2 recording
+HOURS_METHOD = ("sum over the scored DS2 records of the last scored beat's sample position / fs "
+                "(an approximation: meta.json holds no record lengths; slightly under the true length)")
+
+
+def recording_hours(sample, record, fs) -> float | None:
+    """Hours of recording the beats cover: per record, the last beat's sample / fs, summed."""
+    sample, record = np.asarray(sample, np.float64), np.asarray(record)
+    if not len(sample) or not fs:
+        return None
+    return float(sum(sample[record == r].max() for r in np.unique(record)) / fs / 3600.0)
+
+
+def context(arrays: dict, record, sample) -> dict:
+    """Each error beat with its neighbours, in mV: the windows (mean removed) of the previous, this and
+    the next beat of the same record (NaN where there is none) and their R-peak offsets from this beat
+    in samples (RR intervals = offset differences / fs)."""
+    rec_all, smp_all, x = arrays["record"], arrays["sample"], arrays["x"]
+    windows = np.full((len(record), 3, x.shape[1]), np.nan, np.float32)
+    offsets = np.zeros((len(record), 3), np.int64)
+    for n, (r, s) in enumerate(zip(record, sample)):
+        rows = np.flatnonzero(rec_all == r)
+        rows = rows[np.argsort(smp_all[rows], kind="stable")]
+        at = int(np.searchsorted(smp_all[rows], s))
+        for j, pos in enumerate((at - 1, at, at + 1)):
+            if 0 <= pos < len(rows):
+                w = x[rows[pos]].astype(np.float64)
+                windows[n, j] = w - w.mean()
+                offsets[n, j] = int(smp_all[rows[pos]]) - int(s)
+    return {"error_context_mv": windows, "error_offsets": offsets}
 
 
 def load(data_dir: Path, art_dir: Path, trained: dict) -> Inputs:
@@ -34,9 +64,12 @@ def load(data_dir: Path, art_dir: Path, trained: dict) -> Inputs:
     return Inputs(
         x=test.x, y=test.y, groups=test.record, classes=list(meta["classes"]), scored=list(meta["score_classes"]),
         validation=lambda model: (y_val, probs_val),
-        errors=lambda idx: {"error_x": test.x["beat"][idx, :, 0], "error_rr": test.x["rr"][idx]},
+        errors=lambda idx: {"error_x": test.x["beat"][idx, :, 0], "error_rr": test.x["rr"][idx],
+                            **context(arrays, test.record[idx], test.sample[idx])},
         arrays={"sample": test.sample},
-        train={k: trained[k] for k in TRAIN_KEYS if k in trained})
+        train={k: trained[k] for k in TRAIN_KEYS if k in trained},
+        hours=recording_hours(test.sample, test.record, meta.get("fs")), hours_method=HOURS_METHOD,
+        alarm_classes=tuple(c for c in ALARM_CLASSES if c in meta["classes"]))
 
 
 def register() -> None:
@@ -45,7 +78,7 @@ def register() -> None:
 
 ADAPTER = Adapter(arm="ecg", run_keys=("model", "loss"), data_dir="data/ecg", split="DS2",
                   selected_on="DS1 out-of-fold predictions (patient-wise cross-validation)", load=load,
-                  register=register)
+                  register=register, errors_per_group=2)
 
 
 def main(argv=None) -> int:

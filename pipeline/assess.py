@@ -95,9 +95,20 @@ def write_plots(scores: Scores, class_names, plots_dir: Path, figures_dir: Path,
     }
 
 
-def top_errors(y_true, probs, k: int = 12) -> np.ndarray:
-    """Indices of the k misclassified samples with the highest predicted-class probability."""
+def top_errors(y_true, probs, k: int = 12, groups=None, per_group: int | None = None) -> np.ndarray:
+    """Indices of the k misclassified samples with the highest predicted-class probability; with
+    `per_group`, at most that many from one group (so the examples spread over records)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     wrong = np.flatnonzero(probs.argmax(axis=1) != y_true)
-    conf = probs[wrong].max(axis=1)
-    return wrong[np.argsort(-conf, kind="stable")[:k]]
+    order = wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")]
+    if groups is None or per_group is None:
+        return order[:k]
+    groups, taken, out = np.asarray(groups), {}, []
+    for i in order:
+        g = groups[i].item()
+        if taken.get(g, 0) < per_group:
+            taken[g] = taken.get(g, 0) + 1
+            out.append(i)
+            if len(out) == k:
+                break
+    return np.asarray(out, dtype=np.int64)

@@ -59,6 +59,9 @@ class Inputs:
     train: dict = field(default_factory=dict)    # facts about training, copied to eval.json
     positive: str | None = None     # two-class task: the class of interest (ROC, operating points)
     ordinal: bool = False           # classes are ordered grades (quadratic kappa, within-one accuracy)
+    hours: float | None = None      # recording time the test samples cover: false alarms per hour
+    hours_method: str = ""          # how `hours` was obtained, in words (copied to eval.json)
+    alarm_classes: tuple = ()       # classes whose false calls are counted per hour
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Adapter:
     auc: bool = False         # report ROC AUC
     batch_size: int = 256
     register: Callable = lambda: None   # imports the arm's custom Keras layers before the model loads
+    errors_per_group: int | None = None  # most error examples kept from one group (None: no cap)
 
 
 def trained_fact(trained: dict, key: str, path: Path):
@@ -118,7 +122,7 @@ def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, 
                               art_dir / "figures", f"{name} ({adapter.split})")
     if inputs.train.get("history"):
         figs["history"] = plots.plot_history(inputs.train["history"], art_dir / "figures" / "history.png")
-    worst = assess.top_errors(inputs.y, scores.probs, MAX_ERRORS)
+    worst = assess.top_errors(inputs.y, scores.probs, MAX_ERRORS, inputs.groups, adapter.errors_per_group)
     y_val, probs_val = val
     save_npz(art_dir / "eval.npz", y_true=inputs.y, probs=scores.probs, probs_before=probs, group=inputs.groups,
              error_index=worst, y_val=np.asarray(y_val), probs_val=np.asarray(probs_val),
@@ -131,6 +135,7 @@ def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, 
     info = {"arm": adapter.arm, "run": name, **{k: trained.get(k) for k in adapter.run_keys},
             "split": adapter.split, "selected_on": adapter.selected_on, "classes": list(inputs.classes),
             "scored": list(inputs.scored), "positive": inputs.positive, "ordinal": inputs.ordinal,
+            "hours": inputs.hours, "hours_method": inputs.hours_method,
             "n_test": int(len(inputs.y)),
             "n_groups": int(len(np.unique(inputs.groups))), "evaluate": asdict(cfg),
             "class_ci95": scores.class_ci95, "mlflow_run_id": run_id, "model_uri": model_uri,
@@ -149,6 +154,11 @@ def clinical_metrics(inputs: Inputs, probs, val: tuple, cfg: EvaluateParams) -> 
                                     inputs.groups, cfg.bootstrap, cfg.seed)
         out.update(auc=b["auc"], operating_points=b["operating_points"])
         ci["auc"] = b["auc_ci"]
+    if inputs.hours and inputs.alarm_classes:
+        pred = np.asarray(probs).argmax(axis=1)
+        y = np.asarray(inputs.y)
+        out["alarms_per_hour"] = {c: float(((pred == k) & (y != k)).sum() / inputs.hours)
+                                  for c in inputs.alarm_classes for k in [list(inputs.classes).index(c)]}
     if inputs.ordinal:
         for key, (value, interval) in clinical.ordinal_metrics(inputs.y, np.asarray(probs).argmax(axis=1),
                                                                inputs.groups, cfg.bootstrap, cfg.seed).items():

@@ -92,3 +92,57 @@ def test_evaluate_writes_clinical_numbers(tmp_path, kind):
     else:
         assert m["kappa_quadratic"] == pytest.approx(cohen_kappa_score(y, pr.argmax(1), weights="quadratic"))
         assert set(m["ci95"]) >= {"kappa_quadratic", "within_one", "macro_f1"} and info["ordinal"] is True
+
+
+def test_ecg_alarms_per_hour(tmp_path):
+    """False S/V calls per hour of DS2: the adapter's hours (last beat / fs per record) and the metrics file."""
+    from ecg import evaluate as ecg_evaluate
+    from ecg.evaluate import ADAPTER as ECG
+    from tests.test_evaluate_stage import ecg_trained, write_ecg_data
+
+    write_ecg_data(tmp_path / "data")
+    art = tmp_path / "art"
+    art.mkdir()
+    np.savez(art / "oof.npz", y=np.array([0, 1]), probs=np.array([[0.9, 0.1, 0, 0, 0], [0.2, 0.8, 0, 0, 0]]))
+    inputs = ecg_evaluate.load(tmp_path / "data", art, ecg_trained(tmp_path / "data"))
+    assert inputs.hours == pytest.approx(3 * 39 * 300 / 360 / 3600) and inputs.alarm_classes == ("S", "V")
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), len(inputs.y))
+    write_outputs(ECG, "tiny-ce", EvaluateParams(bootstrap=20), tmp_path, {"val_macro_f1": 0.5}, inputs, probs,
+                  inputs.validation(None), lambda m, f: ("id", "uri"))
+    m = json.loads((tmp_path / "metrics/ecg/tiny-ce.json").read_text())
+    pred = probs.argmax(1)
+    for c, k in (("S", 1), ("V", 2)):
+        assert m["alarms_per_hour"][c] == pytest.approx(((pred == k) & (inputs.y != k)).sum() / inputs.hours)
+    info = json.loads((tmp_path / "artifacts/ecg/tiny-ce/eval.json").read_text())
+    assert info["hours"] == pytest.approx(inputs.hours) and "approximation" in info["hours_method"]
+
+
+def test_errors_spread_over_groups():
+    from pipeline.assess import top_errors
+
+    y = np.zeros(10, int)
+    probs = np.c_[np.zeros(10), np.ones(10)]  # all wrong, equally sure
+    groups = np.array([7] * 6 + [8, 8, 9, 9])
+    picked = top_errors(y, probs, 5, groups, 2)
+    assert len(picked) == 5 and max(np.bincount(groups[picked])) <= 2
+    assert top_errors(y, probs, 5).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_ecg_error_context_in_mv(tmp_path):
+    from ecg import evaluate as ecg_evaluate
+    from ecg import dataset
+    from tests.test_evaluate_stage import ecg_trained, write_ecg_data
+
+    raw = write_ecg_data(tmp_path / "data")
+    art = tmp_path / "art"
+    art.mkdir()
+    np.savez(art / "oof.npz", y=np.array([0]), probs=np.array([[1.0, 0, 0, 0, 0]]))
+    inputs = ecg_evaluate.load(tmp_path / "data", art, ecg_trained(tmp_path / "data"))
+    ctx = inputs.errors(np.array([0, 5]))
+    w, off = ctx["error_context_mv"], ctx["error_offsets"]
+    assert w.shape == (2, 3, 33) and off.tolist()[1] == [-300, 0, 300]
+    assert np.isnan(w[0, 0]).all() and off[0, 0] == 0   # the first beat of a record has no previous beat
+    row = np.flatnonzero((raw["record"] == 200))[5]
+    np.testing.assert_allclose(w[1, 1], raw["x"][row] - raw["x"][row].mean(), rtol=1e-5)
+    assert ecg_evaluate.ADAPTER.errors_per_group == 2 and dataset  # examples spread over records
