@@ -101,7 +101,7 @@ def test_clinical_pages_in_browser(chromium, tmp_path, tmp_path_factory):
     """Report v2 in chromium: AUC, operating points, the low-sensitivity banner, kappa and the paired
     differences read from the rendered DOM equal the metrics files; no absolute path in any page;
     screenshots of a binary page, a graded page and the compare page saved for review."""
-    from tests.test_report_clinical import ABSOLUTE, _make_built
+    from tests.test_report_clinical import ABSOLUTE, _make_built, _make_ecg
 
     root, names = _make_built(tmp_path_factory.mktemp("clinical-browser"))
     out, profile = root / "out", tmp_path / "profile"
@@ -137,6 +137,16 @@ def test_clinical_pages_in_browser(chromium, tmp_path, tmp_path_factory):
         browse(chromium, profile, f"--window-size={size}", "--hide-scrollbars", f"--screenshot={shot}",
                pages[key].resolve().as_uri())
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    ecg = _make_ecg(tmp_path_factory.mktemp("ecg-browser"))
+    ecg_page = ecg / "out/runs/ecg/tiny1d-ce.html"
+    ecg_dom, console = load(chromium, profile, ecg_page)
+    assert console == [] and ecg_dom.body.get("data-broken-images") == "0"
+    m = json.loads((ecg / "metrics/ecg/tiny1d-ce.json").read_text())
+    got = {c["row"]["data-class"]: float(c["value"]) for c in ecg_dom.cells if c["table"] == "alarms-table"}
+    assert got == m["alarms_per_hour"] and not ABSOLUTE.search(ecg_dom.text) and str(ecg) not in ecg_dom.text
+    shot = tmp_path / "ecg-page.png"
+    browse(chromium, profile, "--window-size=1200,5200", "--hide-scrollbars", f"--screenshot={shot}", ecg_page.resolve().as_uri())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("REPORT_SHOTS"):  # copy the screenshots out for review
         for shot in tmp_path.glob("*.png"):
             shutil.copy(shot, Path(os.environ["REPORT_SHOTS"]) / shot.name)

@@ -145,3 +145,59 @@ def test_compare_flags_degenerate_runs(tmp_path):
     assert "degenerate: malignant is never predicted" in html and f'data-run="{a}" class="chosen"' in html
     page = _page(tmp_path, "breastmnist-tinynet-finetune-ce")
     assert "degenerate" in page.ids and "Low sensitivity for malignant" in page.text
+
+
+def _make_ecg(root):
+    """One ECG run with alarm hours and neighbour context, its report built."""
+    from ecg.evaluate import ADAPTER as ECG
+    from pipeline.io import write_json
+
+    rng = np.random.default_rng(7)
+    classes = ["N", "S", "V", "F", "Q"]
+    write_json(root / "data/ecg/meta.json", {"fs": 360, "r_peak_index": 126, "window_samples": 253,
+                                              "classes": classes, "score_classes": classes[:4]})
+    groups = np.repeat(np.arange(100, 106), 80)
+    y = rng.choice(5, size=len(groups), p=[0.7, 0.12, 0.1, 0.05, 0.03])
+    probs, pv = _probs(rng, y, 5, 1.2), _probs(rng, y, 5, 1.2)
+    t = np.linspace(-1, 1, 253)
+
+    def errors(idx):
+        beat = np.exp(-(t / 0.05) ** 2)
+        return {"error_x": np.tile(beat, (len(idx), 1)),
+                "error_context_mv": np.tile(beat, (len(idx), 3, 1)).astype(np.float32),
+                "error_offsets": np.tile([-288, 0, 216], (len(idx), 1))}
+
+    inputs = Inputs(x=None, y=y, groups=groups, classes=classes, scored=classes[:4], validation=None,
+                    errors=errors, hours=3.0, hours_method="test approximation", alarm_classes=("S", "V"))
+    write_outputs(ECG, "tiny1d-ce", EVAL, root, {"model": "tiny1d", "loss": "ce", "val_macro_f1": 0.5}, inputs,
+                  probs, (y, pv), lambda m, f: ("id", "uri"))
+    build(root, root / "out", ReportParams(max_errors=12, arms=("ecg",)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ecg_built(tmp_path_factory):
+    return _make_ecg(tmp_path_factory.mktemp("ecg-clinical"))
+
+
+def test_ecg_page_alarms_records_and_gallery(ecg_built):
+    root = ecg_built
+    m = json.loads((root / "metrics/ecg/tiny1d-ce.json").read_text())
+    html = (root / "out/runs/ecg/tiny1d-ce.html").read_text()
+    page = _html(root / "out/runs/ecg/tiny1d-ce.html")
+    alarms = {c["row"]["data-class"]: as_value(c["value"]) for c in page.cells if c["table"] == "alarms-table"}
+    assert alarms == m["alarms_per_hour"] and set(alarms) == {"S", "V"}
+    with np.load(root / "artifacts/ecg/tiny1d-ce/eval.npz") as z:
+        y, pred, g = z["y_true"], z["probs"].argmax(1), z["group"]
+        err_groups = g[z["error_index"]]
+    assert max(np.bincount(err_groups)) <= 2 and len(err_groups) == 12
+    cells = [c for c in page.cells if c["table"] == "per-group-table"]
+    assert {c["row"]["data-group"] for c in cells} == {str(r) for r in range(100, 106)}
+    for c in cells:
+        r, (cls, key) = int(c["row"]["data-group"]), c["metric"].split("_")
+        k = ["N", "S", "V", "F"].index(cls)
+        t, p = (y == k) & (g == r), (pred == k) & (g == r)
+        want = (t & p).sum() / (t.sum() if key == "se" else p.sum()) if (t if key == "se" else p).any() else None
+        assert as_value(c["value"]) == (None if want is None else pytest.approx(want))
+    assert html.count('<figure class="strip">') == 12 and "RR before 800 ms, after 600 ms" in html
+    assert "in mV" in html

@@ -18,5 +18,5 @@ REPORT = ArmReport(
     question="should the pretrained backbone stay frozen or be fine-tuned, and does AlexNet or VGG16 transfer better?",
     plans=(Plan(fixed=("dataset", "model", "loss"), vary="regime"),
            Plan(fixed=("dataset", "regime", "loss"), vary="model", suffix=" (backbones compared)")),
-    choice=("dataset",), load_data=load_data, render_error=lambda x, data: (image(x), "image"),
+    choice=("dataset",), load_data=load_data, render_error=lambda x, data, extra: (image(x), "image"),
     error_caption="Each picture is one test image the model got wrong.")

@@ -34,7 +34,8 @@ class ArmReport:
     plans: tuple[Plan, ...] = ()
     choice: tuple[str, ...] = ()  # keys grouping the runs that compete for the validation choice
     load_data: Callable = lambda root, info, notes: {}   # (root, eval.json, notes) -> data for the template
-    render_error: Callable | None = None   # (x, data) -> (PNG data URI, kind) of one error example
+    render_error: Callable | None = None   # (x, data, extra) -> (PNG data URI, kind[, note]) of one error example
+    group_table: bool = False     # a per-group table (samples, Se/+P per class) on each run page
     error_caption: str = ""       # what one error example shows
 
     def run_names(self, root: Path) -> list[str]:

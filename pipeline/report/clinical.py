@@ -5,6 +5,8 @@ Numbers come from the metrics file (evaluate wrote them); the ROC curve is drawn
 """
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline import clinical
 
 LOW_SE = 0.80   # below this sensitivity for the class of interest, the page opens with a red warning
@@ -48,3 +50,33 @@ def ordinal(run) -> list[dict]:
 
 def degenerate(run) -> list[str]:
     return clinical.degenerate(run.metrics)
+
+
+def alarms(run) -> dict | None:
+    """False calls per hour of test data: {"rows": [{"cls", "per_hour", "count"}], "hours", "method"}."""
+    per_hour = run.metrics.get("alarms_per_hour")
+    hours = run.info.get("hours")
+    if not per_hour:
+        return None
+    return {"rows": [{"cls": c, "per_hour": v, "count": None if v is None or not hours else round(v * hours)}
+                     for c, v in per_hour.items()],
+            "hours": hours, "method": run.info.get("hours_method") or ""}
+
+
+def group_table(run) -> list[dict]:
+    """Per group (the arm's bootstrap group): samples, and Se/+P of each scored class (None when undefined)."""
+    a = run.arrays
+    if not run.arm.group_table or a is None or "group" not in a:
+        return []
+    y, pred, groups = a["y_true"], a["probs"].argmax(axis=1), a["group"]
+    rows = []
+    for g in np.unique(groups):
+        m = groups == g
+        cells = {}
+        for c in run.scored:
+            k = run.classes.index(c)
+            t, p = y[m] == k, pred[m] == k
+            cells[c] = {"n": int(t.sum()), "se": float((t & p).sum() / t.sum()) if t.any() else None,
+                        "ppv": float((t & p).sum() / p.sum()) if p.any() else None}
+        rows.append({"group": str(g.item() if hasattr(g, "item") else g), "n": int(m.sum()), "cells": cells})
+    return rows

@@ -106,6 +106,26 @@ def trace(x, t, xlabel: str, marker: str = "") -> str:
     return _fig_uri(fig)
 
 
+def strip(windows, offsets, fs: float, centre: int, ylabel: str, xlabel: str, marker: str = "") -> str:
+    """Consecutive windows (previous, this, next) placed at their offsets (samples from this one's
+    centre) on one time axis in seconds, with a labelled amplitude axis; NaN windows are skipped."""
+    fig, ax = plt.subplots(figsize=(4.2, 1.9))
+    for j, (w, off) in enumerate(zip(windows, offsets)):
+        w = np.asarray(w, np.float64)
+        if not np.isfinite(w).any():
+            continue
+        t = (np.arange(len(w)) - centre + off) / fs
+        ax.plot(t, w, lw=1.0 if j == 1 else 0.8, color="#1f4e79" if j == 1 else "#7f8c8d")
+        ax.axvline(off / fs, color="#c0392b" if j == 1 else "#aab7b8", ls="--", lw=0.7)
+    if marker:
+        ax.text(0, 1.0, f" {marker}", color="#c0392b", fontsize=7, va="top", transform=ax.get_xaxis_transform())
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3, lw=0.4)
+    return _fig_uri(fig)
+
+
 def image(x) -> str:
     """A 2-D (grey) or 3-D (H, W, C) sample, contrast-stretched."""
     x = np.asarray(x, dtype=np.float64)
@@ -125,17 +145,23 @@ def _default_render(x, data) -> tuple[str, str]:
 
 
 def errors(run, max_n: int) -> list[dict]:
-    """The most confident errors: {"uri", "true", "pred", "confidence", "group", "kind"}."""
+    """The most confident errors: {"uri", "true", "pred", "confidence", "group", "kind", "note"}; the arm's
+    render_error(x, data, extra) gets the example's other error_* arrays of eval.npz in `extra` and
+    returns (uri, kind) or (uri, kind, note)."""
     a = run.arrays
     if a is None or "error_x" not in a or "error_index" not in a:
         return []
-    render = run.arm.render_error or _default_render
+    render = run.arm.render_error or (lambda x, data, extra: _default_render(x, data))
+    n_err = len(a["error_index"])
+    per_example = [k for k in a if k.startswith("error_") and k not in ("error_x", "error_index")
+                   and len(a[k]) == n_err]
     out = []
-    for i, x in zip(a["error_index"][:max_n], a["error_x"][:max_n]):
+    for n, (i, x) in enumerate(zip(a["error_index"][:max_n], a["error_x"][:max_n])):
         p = a["probs"][int(i)]
         pred = int(p.argmax())
-        uri, kind = render(x, run.data)
-        out.append({"uri": uri, "kind": kind, "true": run.classes[int(a["y_true"][int(i)])],
+        uri, kind, *note = render(x, run.data, {k: a[k][n] for k in per_example})
+        out.append({"uri": uri, "kind": kind, "note": note[0] if note else "",
+                    "true": run.classes[int(a["y_true"][int(i)])],
                     "pred": run.classes[pred], "confidence": float(p[pred]),
                     "group": str(a["group"][int(i)]) if "group" in a else None})
     return out

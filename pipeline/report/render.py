@@ -71,6 +71,7 @@ def run_context(run, max_errors: int) -> dict:
     binary = clinical.binary(run)
     return {
         "binary": binary, "ordinal": clinical.ordinal(run), "degenerate": clinical.degenerate(run),
+        "alarms": clinical.alarms(run), "group_rows": clinical.group_table(run),
         "roc_uri": binary and figures.roc(run, binary["positive"], binary["points"]),
         "run": run, "title": title(run), "root": "../../", "arm_template": f"{run.arm.name}/{run.arm.template.name}",
         "macro": tables.overall(run, "macro_f1"), "accuracy": tables.overall(run, "accuracy"),
