@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import assess, clinical, plots, tracking
-from pipeline.io import read_json, save_npz, write_json
+from pipeline.io import read_json, save_npz, sha256_file, write_json
 from pipeline.params import PARAMS_FILE, ParamsError, load_section
 from pipeline.stage import run_args
 
@@ -139,10 +139,17 @@ def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, 
             "n_test": int(len(inputs.y)),
             "n_groups": int(len(np.unique(inputs.groups))), "evaluate": asdict(cfg),
             "class_ci95": scores.class_ci95, "mlflow_run_id": run_id, "model_uri": model_uri,
-            "model_info": trained.get("model_info") or {}, "train": inputs.train, "data": inputs.data}
+            "model_info": trained.get("model_info") or {}, "train": inputs.train, "data": inputs.data,
+            "hashes": hashes(art_dir, trained)}
     write_json(art_dir / "eval.json", info)
     write_json(root / "metrics" / adapter.arm / f"{name}.json", metrics)  # last: appears when all else is there
     return metrics
+
+
+def hashes(art_dir: Path, trained: dict) -> dict:
+    """SHA-256 of the scored model file and of the data it was trained on (as train.json recorded it)."""
+    model = art_dir / "model.keras"
+    return {"model": sha256_file(model) if model.is_file() else None, "data": trained.get("data_sha256")}
 
 
 def clinical_metrics(inputs: Inputs, probs, val: tuple, cfg: EvaluateParams) -> dict:

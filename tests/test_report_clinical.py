@@ -169,7 +169,11 @@ def _make_ecg(root):
 
     inputs = Inputs(x=None, y=y, groups=groups, classes=classes, scored=classes[:4], validation=None,
                     errors=errors, hours=3.0, hours_method="test approximation", alarm_classes=("S", "V"))
-    write_outputs(ECG, "tiny1d-ce", EVAL, root, {"model": "tiny1d", "loss": "ce", "val_macro_f1": 0.5}, inputs,
+    (root / "artifacts/ecg/tiny1d-ce").mkdir(parents=True)
+    (root / "artifacts/ecg/tiny1d-ce/model.keras").write_bytes(b"model")
+    write_outputs(ECG, "tiny1d-ce", EVAL, root, {"model": "tiny1d", "loss": "ce", "val_macro_f1": 0.5,
+                                                 "data_sha256": "ab" * 32,
+                                                 "model_info": {"params": 1234, "receptive_field_ms": 250.0}}, inputs,
                   probs, (y, pv), lambda m, f: ("id", "uri"))
     build(root, root / "out", ReportParams(max_errors=12, arms=("ecg",)))
     return root
@@ -201,3 +205,14 @@ def test_ecg_page_alarms_records_and_gallery(ecg_built):
         assert as_value(c["value"]) == (None if want is None else pytest.approx(want))
     assert html.count('<figure class="strip">') == 12 and "RR before 800 ms, after 600 ms" in html
     assert "in mV" in html
+
+
+def test_technical_appendix(ecg_built):
+    import hashlib
+
+    page = _html(ecg_built / "out/runs/ecg/tiny1d-ce.html")
+    text = (ecg_built / "out/runs/ecg/tiny1d-ce.html").read_text()
+    appendix = text[text.index('<section id="appendix">'):]
+    assert hashlib.sha256(b"model").hexdigest() in appendix and "ab" * 32 in appendix
+    assert "1,234" in appendix and "Receptive field (ms)" in appendix and 'id="mlflow-run-id">id<' in appendix
+    assert text.index('id="per-class"') < text.index('id="appendix"') and page.ids["appendix"]

@@ -85,6 +85,7 @@ def run_context(run, max_errors: int) -> dict:
         "history_uri": figures.history(run.train), "train": run.train, "model_info": model_info(run),
         "folds": sorted((run.train.get("folds") or {}).items()),
         "mlflow_run_id": run.get("mlflow_run_id"),
+        "hashes": [(k, v) for k, v in (run.info.get("hashes") or {}).items() if v],
     }
 
 
