@@ -8,6 +8,7 @@ import numpy as np
 from pipeline.report.arm import ArmReport, Plan
 from pipeline.report.figures import strip, trace
 from pipeline.report.runs import optional_json
+from pipeline.report.sections import Section
 
 META = Path("data/ecg/meta.json")           # written by prepare_ecg
 SPLITS = Path("reports/ecg/dataset.json")   # class counts per split, records, folds (prepare_ecg)
@@ -37,12 +38,33 @@ def render_error(x, data, extra=None) -> tuple:
             trace(x, t, "samples from R peak", "R")), "trace"
 
 
+SECTIONS = (
+    Section("robustness", "Robustness: performance against noise (SNR)", "metrics/ecg/robustness.json",
+            "The packaged model on DS2 records with real noise from the MIT-BIH Noise Stress Test Database "
+            "(bw: baseline wander, ma: muscle artefact) added at falling signal-to-noise ratios (dB); beats are "
+            "detected, not taken from the annotations.",
+            "the robustness stage (python -m ecg.generalise robustness) has not been run."),
+    Section("rerecorded", "Re-recorded: the same records at other sampling rates", "metrics/ecg/rerecorded.json",
+            "DS2 records resampled to other rates (Hz) and analysed end to end (beat detection, then "
+            "classification); 'annotated' rows classify the reference beats instead.",
+            "the rerecorded stage (python -m ecg.generalise rerecorded) has not been run."),
+    Section("external", "Cross-database: other ECG databases", "metrics/ecg/external.json",
+            "The packaged model on other annotated databases, at their own rates and leads.",
+            "the external stage (python -m ecg.generalise external) has not been run."),
+    Section("deployment", "Deployment: size, latency and accuracy of compressed models", "metrics/ecg/deployment.json",
+            "Model size, latency and macro-F1 of the exported and compressed models.",
+            "no deployment stage exists yet in this pipeline."),
+    Section("analysis", "Model analyses", "metrics/ecg/analysis.json",
+            "Analyses of what the model relies on.", "no model-analysis stage exists yet in this pipeline."),
+)
+
+
 REPORT = ArmReport(
     name="ecg", title="ECG beat classification", unit="beat", group="record", keys=("model", "loss"),
     template=Path(__file__).with_name("report.html"),
     question="does focal loss help the rare beat classes?",
     plans=(Plan(fixed=("model",), vary="loss", pairs=(("focal", "ce"),), focus="rare"),),
-    choice=(), load_data=load_data, render_error=render_error, group_table=True,
+    choice=(), load_data=load_data, render_error=render_error, group_table=True, sections=SECTIONS,
     error_caption=("Each plot shows the misclassified beat (dark, its R peak at 0 s) between the previous and "
                    "next beats of the same recording (grey), in mV, so its prematurity can be judged; at most "
                    "two examples per recording."))

@@ -216,3 +216,32 @@ def test_technical_appendix(ecg_built):
     assert hashlib.sha256(b"model").hexdigest() in appendix and "ab" * 32 in appendix
     assert "1,234" in appendix and "Receptive field (ms)" in appendix and 'id="mlflow-run-id">id<' in appendix
     assert text.index('id="per-class"') < text.index('id="appendix"') and page.ids["appendix"]
+
+
+def test_grown_sections_shown_when_present_else_absent_with_reason(tmp_path):
+    """rerecorded.json (the shape ecg.generalise writes) becomes a table; robustness.json absent says why;
+    external.json {} says it holds no results."""
+    import shutil
+
+    from pipeline.io import write_json
+
+    root = tmp_path / "r"
+    shutil.copytree(_make_ecg(tmp_path / "e"), root)
+    cls = lambda f1: {c: {"se": f1, "+p": f1, "f1": f1, "n": 10} for c in "NSVFQ"}  # noqa: E731
+    ci = {"macro_f1": {"lo": 0.5, "hi": 0.7}, "per_class": {}}
+    write_json(root / "metrics/ecg/rerecorded.json", {
+        "annotated": {"macro_f1": 0.62, "per_class": cls(0.6), "ci95": ci, "n_matched": 100, "n_records": 22},
+        "128": {"detection": {"se": 0.999, "+p": 0.994, "tp": 5, "fn": 1, "fp": 2}, "macro_f1": 0.61,
+                "per_class": cls(0.5), "ci95": ci, "n_records": 22,
+                "annotated": {"macro_f1": 0.6, "per_class": cls(0.4), "ci95": ci}}})
+    write_json(root / "metrics/ecg/external.json", {})
+    build(root, root / "out", ReportParams(max_errors=2, arms=("ecg",)))
+    page = _html(root / "out/index.html")
+    html = (root / "out/index.html").read_text()
+    rows = re.findall(r'<tr data-row="([^"]+)"><td[^>]*>[^<]*</td><td data-metric="macro_f1" data-value="([^"]+)"', html)
+    assert rows == [("annotated", "0.62"), ("128", "0.61"), ("128 / annotated", "0.6")]
+    assert "99.9%" in page.text and "61.0%" in page.text
+    assert "absent-robustness" in page.ids and "metrics/ecg/robustness.json does not exist" in page.text
+    assert "absent-external" in page.ids and "holds no results" in page.text
+    assert "absent-deployment" in page.ids
+    assert str(root) not in html

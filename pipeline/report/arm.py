@@ -36,6 +36,7 @@ class ArmReport:
     load_data: Callable = lambda root, info, notes: {}   # (root, eval.json, notes) -> data for the template
     render_error: Callable | None = None   # (x, data, extra) -> (PNG data URI, kind[, note]) of one error example
     group_table: bool = False     # a per-group table (samples, Se/+P per class) on each run page
+    sections: tuple = ()          # pipeline.report.sections.Section: later stages' metrics files (index page)
     error_caption: str = ""       # what one error example shows
 
     def run_names(self, root: Path) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path, PurePath
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, StrictUndefined
 
 from pipeline.io import write_text
-from pipeline.report import clinical, compare, figures, tables
+from pipeline.report import clinical, compare, figures, sections, tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 INFO_LABELS = {"name": "Architecture", "params": "Parameters",
@@ -89,10 +89,10 @@ def run_context(run, max_errors: int) -> dict:
     }
 
 
-def index_context(arms: dict, runs: dict) -> dict:
+def index_context(arms: dict, runs: dict, root: Path = Path(".")) -> dict:
     picked = {name: compare.chosen(rs) for name, rs in runs.items()}
     return {"root": "", "arms": [
-        {"arm": arms[name], "name": name, "runs": [
+        {"arm": arms[name], "name": name, "sections": sections.load(root, arms[name].sections), "runs": [
             {"title": title(r), "href": href(r), "macro": tables.overall(r, "macro_f1"),
              "val": r.get("val_macro_f1"), "chosen": r.name in picked[name], "name": r.name} for r in rs]}
         for name, rs in runs.items()]}
