@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -69,6 +70,8 @@ def plot_reliability(bins_before, bins_after, ece_before, ece_after, path) -> Pa
         ax.plot(pts[:, 0], pts[:, 1], style, ms=4, label=f"{label} (ECE {100 * ece:.1f}%)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))   # percent, like every other figure of the report
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability")
