@@ -100,7 +100,7 @@ def evaluate(adapter: Adapter, name: str, cfg: EvaluateParams, data_dir: Path, r
     trained = read_json(art_dir / "train.json")
     inputs = adapter.load(Path(data_dir), art_dir, trained)
     adapter.register()
-    model = keras.models.load_model(art_dir / "model.keras")
+    model = keras.models.load_model(art_dir / "model.keras", compile=False)  # scoring needs no loss
     probs = predict_probs(model, inputs.x, adapter.batch_size)
 
     def log(metrics, figures):

@@ -86,3 +86,33 @@ def test_bad_evaluate_params_fail_before_touching_outputs(project_params, tmp_pa
     assert out.returncode != 0
     assert "bootstrap" in out.stderr and "evaluate" in out.stderr, out.stderr[-2000:]
     assert (metrics.read_bytes() if metrics.exists() else None) == before
+
+
+def test_weighted_ce_model_loads_for_scoring_without_the_loss_module(tmp_path):
+    """`grid.ecg.losses: [weighted_ce]` trains and must also evaluate: the evaluate path loads the saved model
+    for scoring only (compile=False), so the custom loss class need not be importable there."""
+    import keras
+
+    from ecg import models
+    from pipeline.losses import make_loss
+
+    model, _ = models.build("lenet1d", 65, 5, 5, channels=2, width=1, augment=None)
+    model.compile(optimizer="adam", loss=make_loss("weighted_ce", class_counts=[50, 5, 5, 2, 1]))
+    model.save(tmp_path / "model.keras")
+    code = ("import sys, keras, numpy as np\n"
+            "import ecg.models  # the custom layers, as the ECG adapter registers them\n"
+            "assert 'pipeline.losses' not in sys.modules\n"
+            "src = open(sys.argv[2]).read()\n"
+            "assert 'compile=False' in src.split('def evaluate(')[1].split('def ')[0]\n"
+            "m = keras.models.load_model(sys.argv[1], compile=False)\n"
+            "print(m.predict({'beat': np.zeros((3, 65, 2), 'float32'), 'rr': np.ones((3, 5), 'float32')}, verbose=0).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.keras"), str(ROOT / "pipeline" / "evaluate.py")],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(3, 5)" in out.stdout
+    # the failure this avoids: the default compile=True load in a process without pipeline.losses
+    strict = subprocess.run([sys.executable, "-c", "import sys, keras, ecg.models; keras.models.load_model(sys.argv[1])",
+                             str(tmp_path / "model.keras")], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert strict.returncode != 0 and "WeightedCategoricalCrossentropy" in strict.stderr
