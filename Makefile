@@ -13,6 +13,9 @@ SHARED := $(abspath ../shared)
 ifneq ($(wildcard $(SHARED)/data/mitdb/RECORDS),)
 export ECG_MIRROR ?= $(SHARED)/data/mitdb
 endif
+ifneq ($(wildcard $(SHARED)/data/nstdb/bw.hea),)
+export NSTDB_MIRROR ?= $(SHARED)/data/nstdb
+endif
 ifneq ($(wildcard $(SHARED)/data/medmnist),)
 export MEDMNIST_MIRROR ?= $(SHARED)/data/medmnist
 endif

@@ -76,11 +76,13 @@ def copy(project, tmp_path) -> Path:
 
 
 def test_bootstrap_reruns_only_evaluation(copy):
-    """The report reads the CIs evaluate wrote; it reruns only once evaluate has rewritten them."""
+    """Every stage that draws record/image bootstraps reruns, no training; the report reads the CIs evaluate
+    wrote, so it reruns only once evaluate has rewritten them."""
     _edit(copy, ["evaluate", "bootstrap"], 500)
     stale = _stale(copy)
-    assert {s.split("@")[0] for s in stale} == {"evaluate_ecg", "evaluate_vision"}, stale
-    assert len(stale) == 4 + 24, stale
+    assert {s.split("@")[0] for s in stale} == {"evaluate_ecg", "evaluate_vision", "evaluate_rerecorded_ecg",
+                                                "evaluate_robustness_ecg", "evaluate_external_ecg"}, stale
+    assert len(stale) == 4 + 24 + 3, stale
 
 
 def test_gamma_reruns_only_focal_runs(copy):
