@@ -12,11 +12,48 @@ from pipeline.report.sections import Section
 
 META = Path("data/ecg/meta.json")           # written by prepare_ecg
 SPLITS = Path("reports/ecg/dataset.json")   # class counts per split, records, folds (prepare_ecg)
+RAW = Path("data/raw/mitdb")                # ingest_ecg: the .atr files carry the rhythm annotations
+
+# WFDB rhythm codes (aux_note of '+' annotations) in plain words
+RHYTHMS = {"(N": "sinus", "(AFIB": "atrial fibrillation", "(AFL": "atrial flutter", "(AB": "atrial bigeminy",
+           "(B": "ventricular bigeminy", "(T": "ventricular trigeminy", "(VT": "ventricular tachycardia",
+           "(VFL": "ventricular flutter", "(IVR": "idioventricular", "(SVTA": "supraventricular tachyarrhythmia",
+           "(NOD": "nodal (junctional)", "(BII": "2nd degree heart block", "(PREX": "pre-excitation (WPW)",
+           "(SBR": "sinus bradycardia", "(P": "paced"}
+
+
+def rhythm_context(record_path: Path) -> str | None:
+    """Share of the recording's time in each annotated rhythm, largest first ("sinus 91%, atrial
+    fibrillation 9%"); None when the record or its annotations are missing."""
+    import wfdb
+
+    try:
+        header = wfdb.rdheader(str(record_path))
+        ann = wfdb.rdann(str(record_path), "atr")
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    starts = [(int(s), (note or "").strip("\x00 ")) for s, sym, note in zip(ann.sample, ann.symbol, ann.aux_note)
+              if sym == "+" and note]
+    if not starts or not header.sig_len:
+        return None
+    time = {}
+    for (s, code), nxt in zip(starts, [s for s, _ in starts[1:]] + [header.sig_len]):
+        name = RHYTHMS.get(code, code.lstrip("("))
+        time[name] = time.get(name, 0) + max(nxt - s, 0)
+    total = sum(time.values()) or 1
+    parts = sorted(time.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {100 * t / total:.0f}%" for name, t in parts if 100 * t / total >= 0.5)
 
 
 def load_data(root: Path, info: dict, notes: list) -> dict:
+    raw = root / RAW
+    records = sorted(p.stem for p in raw.glob("*.atr")) if raw.is_dir() else []
+    context = {r: c for r in records if (c := rhythm_context(raw / r)) is not None}
+    if not context:
+        notes.append(f"{RAW}: no rhythm annotations found; the per-record table shows no rhythm context")
     return {"meta": optional_json(root / META, notes, META) or {},
-            "splits": optional_json(root / SPLITS, notes, SPLITS) or {}}
+            "splits": optional_json(root / SPLITS, notes, SPLITS) or {},
+            "group_context": context}
 
 
 def render_error(x, data, extra=None) -> tuple:

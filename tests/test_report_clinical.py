@@ -245,3 +245,18 @@ def test_grown_sections_shown_when_present_else_absent_with_reason(tmp_path):
     assert "absent-external" in page.ids and "holds no results" in page.text
     assert "absent-deployment" in page.ids
     assert str(root) not in html
+
+
+def test_rhythm_context_from_wfdb_rhythm_annotations(tmp_path):
+    """The ECG descriptor reads each record's rhythm annotations ('+' with aux_note) and reports the share of time."""
+    import wfdb
+
+    from ecg.report import rhythm_context
+
+    fs, n = 360, 360 * 100
+    wfdb.wrsamp("r1", fs=fs, units=["mV"], sig_name=["MLII"], p_signal=np.zeros((n, 1)), fmt=["16"],
+                write_dir=str(tmp_path))
+    wfdb.wrann("r1", "atr", np.array([0, 100, n // 4, 30000]), symbol=["+", "N", "+", "N"],
+               aux_note=["(N", "", "(AFIB", ""], write_dir=str(tmp_path))
+    assert rhythm_context(tmp_path / "r1") == "atrial fibrillation 75%, sinus 25%"
+    assert rhythm_context(tmp_path / "missing") is None

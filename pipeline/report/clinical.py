@@ -64,7 +64,8 @@ def alarms(run) -> dict | None:
 
 
 def group_table(run) -> list[dict]:
-    """Per group (the arm's bootstrap group): samples, and Se/+P of each scored class (None when undefined)."""
+    """Per group (the arm's bootstrap group): samples, Se/+P of each scored class (None when undefined), and
+    the arm's context for the group if it supplies one (run.data["group_context"][group])."""
     a = run.arrays
     if not run.arm.group_table or a is None or "group" not in a:
         return []
@@ -78,5 +79,7 @@ def group_table(run) -> list[dict]:
             t, p = y[m] == k, pred[m] == k
             cells[c] = {"n": int(t.sum()), "se": float((t & p).sum() / t.sum()) if t.any() else None,
                         "ppv": float((t & p).sum() / p.sum()) if p.any() else None}
-        rows.append({"group": str(g.item() if hasattr(g, "item") else g), "n": int(m.sum()), "cells": cells})
+        name = str(g.item() if hasattr(g, "item") else g)
+        rows.append({"group": name, "n": int(m.sum()), "cells": cells,
+                     "context": (run.data or {}).get("group_context", {}).get(name)})
     return rows
