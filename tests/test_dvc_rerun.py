@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.dvc_noop import export_tree, stand_in_outputs
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 pytestmark = pytest.mark.slow
@@ -26,33 +28,12 @@ def dvc(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """Tracked files of the project, every stage output replaced by a stand-in, all committed to dvc.lock."""
+    """The project's files, every stage output replaced by a stand-in, all committed to a fresh dvc.lock
+    (the same stand-in project benchmarks/dvc_noop.py times)."""
     dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "reports/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    for out in _declared_outs(dest):
-        path = dest / out
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix:
-            path.write_text("stand-in\n")
-        else:  # a folder output (figures/, data/raw/mitdb)
-            path.mkdir(exist_ok=True)
-            (path / "stand-in").write_text("stand-in\n")
-    dvc(dest, "commit", "--force")
-    assert _stale(dest) == set(), "a freshly committed project should be up to date"
+    export_tree(dest, None)
+    stand_in_outputs(dest)  # asserts the committed copy is up to date
     return dest
-
-
-def _declared_outs(dest: Path) -> list[str]:
-    """Every output path declared in dvc.yaml, after DVC's own interpolation of the matrices."""
-    code = ("import json, sys; from dvc.repo import Repo; r = Repo(sys.argv[1]); "
-            "print(json.dumps([str(o.def_path) for s in r.index.stages for o in s.outs]))")
-    out = subprocess.run([sys.executable, "-c", code, str(dest)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
 
 
 def _stale(dest: Path) -> set[str]:
