@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import profile
 from pipeline.tracking import flatten as tracking_flatten
 from tests.conftest import committed_text
 
@@ -33,14 +34,9 @@ TINY = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    for key, value in over.items():
-        base[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
-    return base
-
-
 def tiny_params() -> dict:
-    params = merge(yaml.safe_load(committed_text("params.yaml")), TINY)
+    committed = yaml.safe_load(committed_text("params.yaml"))
+    params = profile.merged(committed, profile.overrides(TINY, committed))  # a profile, checked key by key
     for model in params["grid"]["vision"]["models"]:
         params["vision_pretrain"][model]["fit"]["epochs"] = 1
     params["vision_train"]["head_fit"]["epochs"] = 1
