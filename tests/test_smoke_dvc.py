@@ -31,6 +31,8 @@ TINY = {
     "vision_data": {"limit": 48},
     "vision_source": {"limit_per_class": 4},
     "vision_train": {"limit": 48},
+    "ecg_generalise": {"rates": [128]},
+    "ecg_robustness": {"noises": ["ma"], "snr_db": [6]},
 }
 
 
@@ -66,10 +68,17 @@ def test_smoke_dvc_repro(tmp_path):
     copy_project(proj)
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     env = dict(os.environ, ECG_MIRROR=str(SHARED / "mitdb"), MEDMNIST_MIRROR=str(SHARED / "medmnist"),
-               CIFAR10_ZIP=str(SHARED / "cifar10" / "cifar10_jpg.zip"),
+               CIFAR10_ZIP=str(SHARED / "cifar10" / "cifar10_jpg.zip"), NSTDB_MIRROR=str(SHARED / "nstdb"),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(proj))
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    # as a researcher would: train, choose the package's run on DS1 out-of-fold macro-F1, then the rest
+    run = subprocess.run(["dvc", "repro", "train_ecg"], cwd=proj, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    oof = {p.parent.name: json.loads(p.read_text())["val_macro_f1"] for p in (proj / "artifacts" / "ecg").glob("*/train.json")}
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["package_ecg"]["run"] = max(oof, key=oof.get)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run = subprocess.run(["dvc", "repro"], cwd=proj, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     for name in ("lenet1d-ce", "lenet1d-focal", "dilated1d-ce", "dilated1d-focal"):
@@ -80,6 +89,10 @@ def test_smoke_dvc_repro(tmp_path):
         assert 0 <= m["macro_f1"] <= 1 and 0 <= m["ece"]["after"] <= 1 and m["temperature"] > 0
         assert m["ci95"]["macro_f1"]["lo"] <= m["macro_f1"] <= m["ci95"]["macro_f1"]["hi"]
         assert not [k for k, v in tracking_flatten(m).items() if v is not None and not isinstance(v, (int, float))], m
+    robustness = json.loads((proj / "metrics" / "ecg" / "robustness.json").read_text())
+    assert set(robustness) == {"clean", "ma"} and set(robustness["ma"]) == {"6"}
+    assert 0 <= robustness["ma"]["6"]["macro_f1"] <= 1
+    assert set(json.loads((proj / "metrics" / "ecg" / "rerecorded.json").read_text())) == {"annotated", "128"}
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
