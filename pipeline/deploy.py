@@ -187,14 +187,40 @@ class TFLiteRunner:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+def tflite_size_breakdown(path: Path | str) -> dict:
+    """Where a flatbuffer's bytes go: constant tensor data, tensor-name strings, quantization
+    parameters (scale float32 + zero point int64 per channel) and the rest (graph structure,
+    signatures, metadata). Small models carry a fixed overhead that int8 does not shrink."""
+    tf = _tf()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: TFLite model not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    const = names = qparams = n = 0
+    for d in interpreter.get_tensor_details():
+        n += 1
+        names += len(d["name"].encode())
+        qparams += 12 * len(d["quantization_parameters"]["scales"])
+        try:  # before allocate_tensors only constant tensors have data
+            const += interpreter.get_tensor(d["index"]).nbytes
+        except ValueError:
+            pass
+    size = path.stat().st_size
+    return {"file_bytes": size, "tensors": n, "constant_bytes": const, "name_bytes": names,
+            "quant_param_bytes": qparams, "other_bytes": size - const - names - qparams}
+
+
 # --------------------------------------------------------------------------- latency
 
-def keras_fn(model, *, compiled: bool = True) -> Callable[[dict], np.ndarray]:
+def keras_fn(model, *, compiled: bool = True, jit_compile: bool = False) -> Callable[[dict], np.ndarray]:
     """A batch -> numpy probs function for latency runs.
 
     On the TensorFlow backend with ``compiled=True``: ``tf.function`` of
     ``model(x, training=False)`` with a batch-polymorphic input signature (one trace, graph
-    execution, no per-call ``model.predict`` setup). Otherwise the eager call
+    execution, no per-call ``model.predict`` setup; ``jit_compile=True`` compiles it with XLA,
+    one compilation per batch size). Otherwise the eager call
     ``model(x, training=False)`` (any backend). Either way the result is converted to numpy.
     """
     import keras
@@ -203,7 +229,7 @@ def keras_fn(model, *, compiled: bool = True) -> Callable[[dict], np.ndarray]:
         tf = _tf()
         spec = {t.name: tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32) for t in model.inputs}
         graph = tf.function(lambda inputs: model(inputs, training=False), input_signature=[spec],
-                            reduce_retracing=True)
+                            reduce_retracing=True, jit_compile=jit_compile)
         return lambda xb: graph({k: xb[k] for k in spec}).numpy()
     return lambda xb: keras.ops.convert_to_numpy(model(xb, training=False))
 
@@ -344,7 +370,7 @@ def _macs(layer, in_shape: tuple, out_shape: tuple) -> int:
 
 
 def layer_costs(model, batch: int = 1, *, peaks: dict | None = None, bytes_per_value: float = 4.0,
-                include_weightless: bool = False) -> list[dict]:
+                include_weightless: bool = False, fold_batchnorm: bool = False) -> list[dict]:
     """Per-layer roofline table for a Keras model (nested models and ensembles are recursed).
 
     One row per layer with weights (Conv, Dense, BatchNormalization, ...), plus weightless layers
@@ -354,7 +380,9 @@ def layer_costs(model, batch: int = 1, *, peaks: dict | None = None, bytes_per_v
     bytes per item (weights / batch + input + output activations, `bytes_per_value` each),
     intensity (FLOP/byte) and, given `peaks` (from `machine_peaks`), attainable_gflops =
     min(peak, intensity x bandwidth), bound ("memory"/"compute") and the roofline time per item.
-    The last row, name "TOTAL", sums flops, params and bytes.
+    The last row, name "TOTAL", sums flops, params and bytes. ``fold_batchnorm=True`` leaves the
+    BatchNormalization rows out, as TFLite folds them into the preceding conv (its FLOPs and
+    activation traffic vanish; its 4 x C parameters become the conv's C biases, not counted).
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -363,7 +391,7 @@ def layer_costs(model, batch: int = 1, *, peaks: dict | None = None, bytes_per_v
         params = [np.asarray(w) for w in layer.get_weights()] if layer.weights else []
         if not params and not include_weightless:
             continue
-        if type(layer).__name__ == "InputLayer":
+        if type(layer).__name__ == "InputLayer" or (fold_batchnorm and type(layer).__name__ == "BatchNormalization"):
             continue
         in_shape, out_shape = _layer_io(layer)
         kind = type(layer).__name__

@@ -103,6 +103,15 @@ def test_int8_export_is_smaller_and_agrees(trained, exported):
     assert np.abs(got - want).max() < 0.2
 
 
+def test_size_breakdown(exported):
+    f32 = deploy.tflite_size_breakdown(exported["f32"])
+    i8 = deploy.tflite_size_breakdown(exported["int8"])
+    assert f32["file_bytes"] == exported["size_f32"] and f32["quant_param_bytes"] == 0
+    assert f32["constant_bytes"] >= 4 * 256 * 36  # the fc kernel in float32
+    assert 256 * 36 <= i8["constant_bytes"] < f32["constant_bytes"] / 2 and i8["quant_param_bytes"] > 0
+    assert f32["other_bytes"] > 0 and i8["other_bytes"] > 0
+
+
 def test_int8_needs_every_input_in_the_representative_data(trained, tmp_path):
     model, x, _ = trained
     with pytest.raises(KeyError, match="rr"):
@@ -121,7 +130,7 @@ def test_runner_names_a_missing_key(exported, trained):
 
 def test_latency_per_item(trained, exported):
     model, x, _ = trained
-    for fn in (deploy.keras_fn(model), deploy.tflite_fn(deploy.TFLiteRunner(exported["f32"]))):
+    for fn in (deploy.keras_fn(model), deploy.keras_fn(model, jit_compile=True), deploy.tflite_fn(deploy.TFLiteRunner(exported["f32"]))):
         np.testing.assert_allclose(fn({k: v[:3] for k, v in x.items()}), _keras(model, {k: v[:3] for k, v in x.items()}),
                                    atol=1e-5)
         for batch in (1, 64):
@@ -166,6 +175,8 @@ def test_layer_costs_by_hand():
         rows = deploy.layer_costs(model, peaks={"peak_gflops": peak, "bandwidth_gbs": 10.0})
         assert {r["bound"] for r in rows} == {bound}
         assert all(r["attainable_gflops"] <= peak + 1e-9 for r in rows)
+    folded = [r["name"] for r in deploy.layer_costs(model, fold_batchnorm=True)]
+    assert "bn" not in folded and "conv" in folded
     conv = rows[0]
     assert conv["attainable_gflops"] == pytest.approx(conv["intensity"] * 10.0)
     assert conv["roofline_s_per_item"] == pytest.approx(conv["flops"] / (conv["attainable_gflops"] * 1e9))
