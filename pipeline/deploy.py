@@ -87,7 +87,7 @@ def export_tflite(model, path: Path | str, *, int8_representative: Mapping[str, 
     workdir = Path(tempfile.mkdtemp(prefix="tflite_export_"))
     try:
         saved = workdir / "saved_model"
-        with contextlib.redirect_stdout(open(os.devnull, "w")):
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             model.export(str(saved), format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
         if int8_representative is not None:
