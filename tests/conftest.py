@@ -8,12 +8,25 @@ file is the committed one, so it is used as is.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Environment variables that point stages at local data mirrors. The Makefile exports them (CI runs
+# `make test`), so a test that inherited them would read the full shared databases instead of the
+# small records it wrote. Tests start without them; a test that wants a mirror sets it explicitly.
+MIRROR_ENV = ("ECG_MIRROR", "NSTDB_MIRROR", "MEDMNIST_MIRROR", "CIFAR10_ZIP")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_inherited_mirrors():
+    saved = {k: os.environ.pop(k) for k in MIRROR_ENV if k in os.environ}
+    yield
+    os.environ.update(saved)
 
 
 def committed_text(name: str) -> str:
