@@ -211,7 +211,7 @@ def channel_prune(model: keras.Model, keep: dict[str, int], inbound=None) -> ker
     for name in order:
         layer = layers[name]
         out = layer.output
-        width[name] = int(out.shape[-1]) if len(out.shape) >= 2 else 0
+        width[name] = int(out.shape[-1]) if not isinstance(out, (list, tuple)) and len(out.shape) >= 2 else 0
         srcs = inputs_of(name)
         cfg = cfg_by_name[name]["config"]
         if isinstance(layer, keras.layers.Flatten) and any(s in kept_out for s in srcs):

@@ -540,7 +540,8 @@ def _kernel_layers(model):
 
 def _activation_noise_model(model, bits: int, seed: int):
     """A clone of `model` (sharing its layers and weights) that adds uniform noise of step
-    (range of the batch's tensor incl. 0)/(2^bits - 1) to every leaf layer's output.
+    (range of the batch's tensor incl. 0)/(2^bits - 1) to every leaf layer's output, clamped to the
+    tensor's own [min, max] (a quantized value never leaves its calibrated range).
 
     Nested functional models are cloned recursively. The range is taken per call from the tensor
     itself (a stand-in for the converter's calibrated min/max)."""
@@ -553,10 +554,12 @@ def _activation_noise_model(model, bits: int, seed: int):
             self.seeds = keras.random.SeedGenerator(seed)
 
         def call(self, tensor):
-            lo = ops.minimum(ops.min(tensor), 0.0)
-            hi = ops.maximum(ops.max(tensor), 0.0)
+            t_min, t_max = ops.min(tensor), ops.max(tensor)
+            lo, hi = ops.minimum(t_min, 0.0), ops.maximum(t_max, 0.0)
             step = (hi - lo) / float(2 ** bits - 1)
-            return tensor + step * keras.random.uniform(ops.shape(tensor), -0.5, 0.5, seed=self.seeds)
+            noisy = tensor + step * keras.random.uniform(ops.shape(tensor), -0.5, 0.5, seed=self.seeds)
+            # a quantized tensor never leaves its calibrated range: clamp (keeps e.g. log(max(x, eps)) finite)
+            return ops.clip(noisy, t_min, t_max)
 
     def noisy(tensor):
         return _QuantNoise()(tensor)

@@ -33,6 +33,15 @@ TINY = {
     "vision_train": {"limit": 48},
     "ecg_generalise": {"rates": [128]},
     "ecg_robustness": {"noises": ["ma"], "snr_db": [6]},
+    "compress_ecg": {"student": {"widths": [3]},
+                     "distill": {"select_width": 3, "temperatures": [2.0], "alphas": [0.9],
+                                 "fit": {"epochs": 1, "batch_size": 512, "learning_rate": 0.003, "patience": 1,
+                                         "min_delta": 0.001}},
+                     "prune": {"sparsities": [0.5],
+                               "fit": {"epochs": 1, "batch_size": 256, "learning_rate": 0.0003, "patience": 1,
+                                       "min_delta": 0.001}},
+                     "representative": 64, "noise_draws": 1,
+                     "latency": {"repeats": 5, "warmup": 1, "large_batch": 64}},
 }
 
 
@@ -93,6 +102,12 @@ def test_smoke_dvc_repro(tmp_path):
     assert set(robustness) == {"clean", "ma"} and set(robustness["ma"]) == {"6"}
     assert 0 <= robustness["ma"]["6"]["macro_f1"] <= 1
     assert set(json.loads((proj / "metrics" / "ecg" / "rerecorded.json").read_text())) == {"annotated", "128"}
+    deployed = json.loads((proj / "metrics" / "ecg" / "deploy.json").read_text())
+    assert {"teacher", "teacher_int8", "member", "member_int8", "student_w3_kd", "student_w3_hard", "member_s0.5",
+            "member_ch0.5", "combined", "combined_int8"} <= set(deployed["variants"])
+    for name, row in deployed["variants"].items():
+        assert 0 <= row["macro_f1"] <= 1 and row["bytes"] > 0 and row["latency_ms_b1"] > 0, name
+    assert deployed["variants"]["member_s0.5"]["sparsity"] >= 0.49
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
