@@ -89,12 +89,13 @@ SECTIONS = (
             "The packaged model on other annotated databases, at their own rates and leads.",
             "the external stage (python -m ecg.generalise external) has not been run."),
     Section("deployment", "Deployment: size, latency and accuracy of compressed models", "metrics/ecg/deploy.json",
-            "The packaged model (teacher) against smaller versions of it on DS2: students distilled from it or "
-            "trained on labels alone, magnitude- and channel-pruned copies of one of its fold networks, and LiteRT "
-            "int8 exports. Beside each: parameters, bytes on disk, latency per beat (ms) at batch 1 and 1024 on "
-            "this CPU, the paired difference to the teacher and the calibration error. Every choice was made on "
-            "one DS1 validation fold.",
-            "the compress_ecg stage (python -m ecg.compress) has not been run."),
+            "The packaged model (the reference, or teacher) against smaller versions of it on DS2: students distilled "
+            "from it or trained on labels alone, magnitude- and channel-pruned copies of one of its fold networks, "
+            "and LiteRT int8 exports. Beside each: parameters, bytes on disk, latency per beat (ms) on this CPU, the "
+            "paired difference to the teacher and the calibration error. Every choice was made on one DS1 "
+            "validation fold; DS2 was scored once per variant, after all choices.",
+            "the compress_ecg stage (python -m ecg.compress) has not been run.",
+            kind="compression", test_name="DS2", unit="beat"),
     Section("analysis", "Model analyses", "metrics/ecg/analysis.json",
             "Analyses of what the model relies on.", "no model-analysis stage exists yet in this pipeline."),
 )
