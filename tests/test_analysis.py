@@ -155,3 +155,89 @@ def test_occlusion_drops_only_where_the_model_reads():
     assert (drops[:, 2] > 0.4).all()
     with pytest.raises(KeyError):
         analysis.occlusion_drops(predict, x, np.ones(8, dtype=int), [{"other": 0}], base)
+
+
+# --------------------------------------------------------------------------- the analyse_ecg stage, end to end
+
+CLASSES = ["N", "S", "V", "F", "Q"]
+RR = ["pre_rr_local", "post_rr_local", "pre_rr_record", "post_rr_record", "local_rr_record"]
+
+
+def _tiny_project(root, window=40, per_record=24):
+    """data/ecg (DS1 records 1-4 in folds 0/1, DS2 records 5-6), a 2-member dilated1d run, models/ecg/package.json."""
+    from ecg import models
+    from ecg.train import ensemble
+    from pipeline.io import save_npz, write_json
+    rng = np.random.default_rng(0)
+    record = np.repeat([1, 2, 3, 4, 5, 6], per_record)
+    split = (record >= 5).astype(np.int8)
+    fold = np.where(record <= 2, 0, np.where(record <= 4, 1, -1)).astype(np.int8)
+    y = np.tile(np.arange(4), len(record) // 4).astype(np.int8)
+    save_npz(root / "data/ecg/beats.npz", x=rng.normal(size=(len(record), window)).astype(np.float32),
+             rr=(0.5 + rng.random((len(record), 5))).astype(np.float32), y=y, record=record.astype(np.int16),
+             sample=np.arange(len(record)) * 300, split=split, fold=fold)
+    write_json(root / "data/ecg/meta.json", {"database": "test", "fs": 100, "window_samples": window,
+                                              "r_peak_index": window // 2, "classes": CLASSES,
+                                              "score_classes": CLASSES[:4], "rr_features": RR})
+    channels = ["record_scaled", "record_deviation"]
+    keras.utils.set_random_seed(0)
+    members = [models.build("dilated1d", window, 5, 5, channels=2, filters=4)[0] for _ in range(2)]
+    _, info = models.build("dilated1d", window, 5, 5, channels=2, filters=4)
+    info["receptive_field_ms"] = 10.0 * info["receptive_field_samples"]
+    model = ensemble(members, "dilated1d_cv2")
+    run = root / "artifacts/ecg/dilated1d-ce"
+    run.mkdir(parents=True)
+    model.save(run / "model.keras")
+    from ecg import dataset
+    arrays, _ = dataset.load_inputs(root / "data/ecg", channels)
+    oof = []
+    for i, f in enumerate((0, 1)):
+        j = np.flatnonzero((split == 0) & (fold == f))
+        oof.append(members[i].predict([arrays["beat"][j], arrays["rr"][j]], verbose=0))
+    ds1 = np.flatnonzero(split == 0)
+    save_npz(run / "oof.npz", y=y[ds1].astype(np.int64), probs=np.concatenate(oof).astype(np.float64),
+             record=record[ds1])
+    ds2 = np.flatnonzero(split == 1)
+    save_npz(run / "eval.npz", y_true=y[ds2].astype(np.int64), probs=rng.dirichlet(np.ones(5), len(ds2)),
+             group=record[ds2].astype(np.int16))
+    write_json(run / "train.json", {"model_info": info, "folds": {"0": {}, "1": {}}, "channels": channels})
+    write_json(root / "models/ecg/package.json", {"provenance": {"run": "dilated1d-ce"}})
+    (root / "params.yaml").write_text(
+        "evaluate: {bootstrap: 20, ece_bins: 5, seed: 1}\n"
+        "analyse_ecg: {runs: [dilated1d-ce], saliency_beats: 5, windows: 4, batch_size: 64}\n")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_analyse_stage_end_to_end(tmp_path, monkeypatch):
+    from ecg import analyse
+    from pipeline.io import read_json
+    _tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert analyse.main(["--params", "params.yaml"]) == 0
+    out = read_json(tmp_path / "metrics/ecg/analysis.json")
+    r = out["runs"]["dilated1d-ce"]
+    assert r["dead_units"]["beats"] == 96 and set(r["dead_units"]["per_member"]) == {"fold0_dilated1d", "fold1_dilated1d"}
+    assert r["capacity"]["members"] == 2 and r["capacity"]["params_ensemble"] == 2 * r["capacity"]["params_member"]
+    assert r["capacity"]["region_bound_input"] == 40 * 2 + 5
+    assert r["topk"]["n"] == 48 and r["topk"]["top1"]["value"] <= r["topk"]["top2"]["value"] <= r["topk"]["top3"]["value"]
+    occ = out["occlusion"]
+    assert occ["run"] == "dilated1d-ce" and occ["oof_check_max_abs_diff"] < 1e-5
+    assert set(occ["classes"]) == {"N", "S", "V", "F"}
+    for res in occ["classes"].values():
+        assert res["n"] == 5 and len(res["windows"]) == 4 and set(res["rr"]) == set(RR)
+    w = occ["classes"]["N"]["windows"]
+    assert w[0]["start_ms"] == -200.0 and w[-1]["stop_ms"] == 200.0   # 40 samples at 100 Hz, R peak at 20
+    assert all((tmp_path / f"artifacts/ecg/analysis/occlusion_{c}.png").stat().st_size > 0 for c in "NSVF")
+    assert out["readings"] and "total_s" in out["timings_s"]
+
+
+def test_analyse_params_reject_bad_values(tmp_path):
+    from ecg import analyse
+    from pipeline.params import ParamsError
+    p = tmp_path / "params.yaml"
+    p.write_text("analyse_ecg: {fill: median}\n")
+    with pytest.raises(ParamsError, match="fill"):
+        analyse.load(p)
+    p.write_text("analyse_ecg: {dead_beats: 0}\n")
+    with pytest.raises(ParamsError, match="dead_beats"):
+        analyse.load(p)
