@@ -109,6 +109,10 @@ def test_variant_table_goal_and_roofline(tmp_path):
     goal = page.ids["deployment-goal"] and text[text.index("Goal:"):]
     assert goal.startswith("Goal: at most 50,000 bytes on disk, a DS2 macro-F1 at most 2.0 percentage points below")
     assert "at most 0.2 ms per beat at batch 1. Met by teacher_int8 (30,000 bytes" in goal
+    # the smallest file whose interval overlaps the reference's [57%, 66%]: teacher_int8 [56%, 65%], 30,000 bytes
+    overlap = text[text.index("The smallest model whose"):]
+    assert overlap.startswith("The smallest model whose DS2 macro-F1 interval overlaps the reference's: teacher_int8 "
+                              "(30,000 bytes")
     # a difference whose CI excludes 0 is marked, one whose CI covers 0 is not; pruned shows nonzero params
     row = lambda name: html[html.index(f'data-variant="{name}"'):].split("</tr>")[0]  # noqa: E731
     assert "-4.0 pp&nbsp;*" in row("student_w4_kd") and "-9.0 to -1.0 pp" in row("student_w4_kd")

@@ -256,6 +256,10 @@ def compression(d, path: str) -> tuple[dict | None, str | None]:
     }
     if reference is None:
         notes.append(f"{path}: no variant has family \"reference\", so the summary has no reference model.")
+    ref_ci = reference["ci"] if reference else None
+    overlapping = [r for r in rows.values() if ref_ci and not r["reference"] and r["ci"] and r["bytes"] is not None
+                   and r["ci"]["hi"] >= ref_ci["lo"] and r["ci"]["lo"] <= ref_ci["hi"]]
+    view["smallest_overlapping"] = min(overlapping, key=lambda r: r["bytes"]) if overlapping else None
     view["distillation"] = _distillation(d, rows, path, notes)
     view["pruning"] = _pruning(d, rows, path, notes)
     view["roofline"] = _roofline(d, path, notes)
