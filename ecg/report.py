@@ -96,8 +96,18 @@ SECTIONS = (
             "validation fold; DS2 was scored once per variant, after all choices.",
             "the compress_ecg stage (python -m ecg.compress) has not been run.",
             kind="compression", test_name="DS2", unit="beat"),
-    Section("analysis", "Model analyses", "metrics/ecg/analysis.json",
-            "Analyses of what the model relies on.", "no model-analysis stage exists yet in this pipeline."),
+    Section("analysis", "Model analyses: capacity, dead units, top-k and occlusion", "metrics/ecg/analysis.json",
+            "What the trained networks learned, read without retraining: their size and cost per beat, the share of "
+            "ReLU units that never fire on DS1, top-k accuracy on DS2 and, for the packaged model, how much each part "
+            "of the beat window and each RR feature matters to its calls on DS1 beats (each scored by the fold member "
+            "that did not train on it).",
+            "the analyse_ecg stage (python -m ecg.analyse) has not been run.",
+            kind="analysis", test_name="DS2", unit="beat",
+            labels=(("rr", "RR-interval features (each set to 1.0, a typical ratio)"), ("fill", "occluded samples take"),
+                    ("windows", "equal windows over the beat"), ("run", "model"),
+                    ("oof_check_max_abs_diff", "largest out-of-fold check difference"),
+                    ("dead_units", "dead ReLU units"), ("topk", "top-k accuracy"), ("linear_regions", "linear regions")),
+            parts=("readings", "capacity", "dead_units", "topk", "occlusion", "method")),
 )
 
 

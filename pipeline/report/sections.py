@@ -11,6 +11,17 @@ latency, accuracy and the paired difference to the reference; the distillation g
 a roofline per layer, the quantization-noise prediction, a deployment goal). `compression()` turns it
 into the view that templates/compression.html renders; every part it lacks (an older file) becomes
 a sentence instead of a table.
+
+kind "analysis": the file a model-analysis stage writes (what trained networks learned, without
+retraining). `analysis()` reads the parts it knows by their shape, wherever the file keeps them, per
+run either under "runs"/<run>/<part> or under <part>/<run>: plain-words "readings" (a list, or a dict
+of titled sentences), "capacity" (parameters, FLOPs per unit, receptive field, linear-region bound),
+"dead_units" (share of never-firing ReLU units per layer), "topk" (top-k accuracy with CIs),
+"robustness" (scores per corruption and severity, with its "robustness_summary"), "occlusion" (drops of
+the true class's probability when windows or single features are occluded, and its figures) and each
+"method" text beside its part. Any other part holding a table of numbers is shown as one; PNG figures
+the file lists, or that the Section's `figures` globs find, are embedded as data URIs. The parts the
+Section expects (`parts`) that the file lacks become sentences.
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ from pathlib import Path
 
 from pipeline.io import read_json
 
-KINDS = ("table", "compression")
+KINDS = ("table", "compression", "analysis")
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,13 @@ class Section:
     kind: str = "table"           # how the file is shown: one of KINDS
     test_name: str = "test set"   # the held-out data the file's scores come from, as the arm calls it
     unit: str = "item"            # one sample, in plain words (singular): latencies are per unit
+    # kind "analysis": plain words for the file's keys (part names, feature groups, ...) as (key, words)
+    labels: tuple = ()
+    # kind "analysis": PNG files to embed, (part, glob relative to the project root); a part the file
+    # does not have shows them at the end
+    figures: tuple = ()
+    # kind "analysis": the parts the stage writes; each one the file lacks is named in a sentence
+    parts: tuple = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -270,11 +288,366 @@ def compression(d, path: str) -> tuple[dict | None, str | None]:
     return view, None
 
 
+# ---- kind "analysis" ----------------------------------------------------------------------------
+
+TOPK_KEY = re.compile(r"^top(\d+)$")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# the parts analysis() reads by shape; any other dict-of-dicts part becomes a generic table
+KNOWN_PARTS = ("runs", "readings", "method", "params", "timings_s", "capacity", "dead_units", "topk",
+               "robustness", "robustness_summary", "occlusion")
+# method texts shown beside each part (the rest are listed at the end)
+METHOD_KEYS = {"capacity": ("capacity", "params", "flops", "receptive_field", "linear_regions"),
+               "dead_units": ("dead_units", "dead_relu"), "topk": ("topk", "top_k"),
+               "robustness": ("robustness", "corruptions"), "occlusion": ("occlusion", "saliency")}
+
+
+def _label(labels: dict, key) -> str:
+    key = str(key)
+    return labels.get(key) or key.replace("_", " ")
+
+
+def _value_ci(obj) -> dict | None:
+    """{"value", "ci"} of {"value": x, "ci95"|"ci": {"lo", "hi"}}, or of a bare number; None if not a number."""
+    if isinstance(obj, dict):
+        v = _f(obj.get("value"))
+        return None if v is None else {"value": v, "ci": _ci(obj.get("ci95", obj.get("ci")))}
+    v = _f(obj)
+    return None if v is None else {"value": v, "ci": None}
+
+
+def _per_run(d: dict, key: str) -> dict:
+    """run -> d["runs"][run][key], else d[key][run] (each a dict)."""
+    out = {str(r): v[key] for r, v in _d(d, "runs").items() if isinstance(v, dict) and isinstance(v.get(key), dict)}
+    part = d.get(key)
+    if isinstance(part, dict) and part and all(isinstance(v, dict) for v in part.values()):
+        for r, v in part.items():
+            out.setdefault(str(r), v)
+    return out
+
+
+def _scalar_text(v) -> str | None:
+    """A plain rendering of a number, text, bool, or short list / dict of numbers; None for anything else."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}" if v == 0 or abs(v) >= 1e-3 else f"{v:.2e}"
+    if v is None:
+        return "n/a"
+    if isinstance(v, list) and len(v) <= 24 and all(isinstance(x, (int, float, str)) for x in v):
+        return ", ".join(_scalar_text(x) for x in v)
+    if isinstance(v, dict) and len(v) <= 24 and all(isinstance(x, (int, float, str)) or x is None for x in v.values()):
+        return "; ".join(f"{k} {_scalar_text(x)}" for k, x in v.items())
+    return None
+
+
+def _readings(d: dict, labels: dict) -> list[dict]:
+    r = d.get("readings")
+    if isinstance(r, list):
+        return [{"label": None, "text": str(x)} for x in r if isinstance(x, str) and x.strip()]
+    if isinstance(r, dict):
+        return [{"label": _label(labels, k), "text": str(x)} for k, x in r.items() if isinstance(x, str) and x.strip()]
+    if isinstance(r, str) and r.strip():
+        return [{"label": None, "text": r}]
+    return []
+
+
+def _methods(d: dict, labels: dict) -> dict:
+    m = d.get("method")
+    if isinstance(m, str):
+        return {"method": ("Method", m)}
+    if not isinstance(m, dict):
+        return {}
+    return {str(k): (_label(labels, k), str(v)) for k, v in m.items() if isinstance(v, str) and v.strip()}
+
+
+def _take_methods(methods: dict, part: str) -> list:
+    keys = METHOD_KEYS.get(part, (part,))
+    return [methods.pop(k) for k in list(methods) if k in keys or k.startswith(part)]
+
+
+def _figure(path: Path, caption: str, notes: list, where: str) -> dict | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        notes.append(f"{where} names the figure {path}, which does not exist (not shown).")
+        return None
+    if not data.startswith(PNG_MAGIC):
+        notes.append(f"{where}: {path} is not a PNG file (not shown).")
+        return None
+    from pipeline.report.figures import png_uri   # matplotlib is imported only when a figure is shown
+    return {"uri": png_uri(data), "caption": caption, "name": path.name}
+
+
+def _listed_figures(block, root: Path, path: str, notes: list, seen: set) -> list:
+    out = []
+    for p in (block.get("figures") if isinstance(block, dict) else None) or []:
+        if not isinstance(p, str):
+            continue
+        f = Path(p) if Path(p).is_absolute() else root / p
+        if f.resolve() in seen:
+            continue
+        seen.add(f.resolve())
+        fig = _figure(f, Path(p).stem.replace("_", " "), notes, path)
+        if fig:
+            out.append(fig)
+    return out
+
+
+def _globbed_figures(section, root: Path, seen: set, notes: list) -> dict:
+    out: dict = {}
+    for part, pattern in section.figures:
+        for f in sorted(root.glob(pattern)):
+            if f.resolve() in seen or not f.is_file():
+                continue
+            seen.add(f.resolve())
+            fig = _figure(f, str(f.relative_to(root).with_suffix("")).rsplit("/", 1)[-1].replace("_", " "),
+                          notes, section.path)
+            if fig:
+                out.setdefault(str(part), []).append(fig)
+    return out
+
+
+def _run_macro(root: Path, path: str, run: str, entry: dict) -> dict | None:
+    """A run's test macro-F1 (with CI): the analysis file's own, else the run's metrics file beside it."""
+    own = _value_ci({"value": entry.get("macro_f1"), "ci95": _d(entry, "ci95").get("macro_f1")})
+    if own:
+        return own
+    f = root / Path(path).parent / f"{run}.json"
+    if not f.is_file():
+        return None
+    try:
+        m = read_json(f)
+    except ValueError:
+        return None
+    return _value_ci({"value": m.get("macro_f1"), "ci95": _d(m, "ci95").get("macro_f1")}) if isinstance(m, dict) else None
+
+
+def _first(obj: dict, *keys):
+    return next((obj[k] for k in keys if _f(obj.get(k)) is not None), None)
+
+
+def _capacity(d: dict, root: Path, path: str, unit: str) -> dict | None:
+    caps = _per_run(d, "capacity")
+    if not caps:
+        return None
+    rows = []
+    for run, c in caps.items():
+        flops = _first(c, f"flops_per_{unit}_member", f"flops_per_{unit}",
+                       *(k for k in c if k.startswith("flops_per_") and k.endswith("_member")),
+                       *(k for k in c if k.startswith("flops_per_")))
+        rows.append({"run": run, "params": _first(c, "params_member", "params"),
+                     "params_all": _f(c.get("params_ensemble")), "members": _f(c.get("members")),
+                     "mflops": None if flops is None else flops / 1e6,
+                     "rf_ms": _f(c.get("receptive_field_ms")), "rf_samples": _f(c.get("receptive_field_samples")),
+                     "regions": _f(c.get("linear_regions_log10_bound")), "relu": _first(c, "relu_units_member", "relu_units"),
+                     "macro": _run_macro(root, path, run, _d(d, "runs", run))})
+    shown = {k for k in ("params", "members", "mflops", "rf_ms", "regions", "relu", "macro")
+             if any(r[k] is not None for r in rows)}
+    return {"rows": rows, "shown": shown, "per_member": any(r["members"] for r in rows)}
+
+
+def _dead_layers(dead: dict) -> dict:
+    """layer -> (mean, max) share of dead units, from per_layer, else from member/layer entries."""
+    per = _d(dead, "per_layer")
+    if per:
+        return {str(k): (_f(_d(per, k).get("mean_fraction")), _f(_d(per, k).get("max_fraction"))) for k in per}
+    groups: dict = {}
+    for k, v in _d(dead, "layers").items():
+        frac = _f(v.get("fraction")) if isinstance(v, dict) else _f(v)
+        if frac is not None:
+            groups.setdefault(str(k).rsplit("/", 1)[-1], []).append(frac)
+    return {k: (sum(v) / len(v), max(v)) for k, v in groups.items()}
+
+
+def _dead_units(d: dict) -> dict | None:
+    rows = []
+    for run, dead in _per_run(d, "dead_units").items():
+        probe = [(k, v) for k, v in dead.items() if isinstance(v, int) and not isinstance(v, bool)]
+        rows.append({"run": run, "mean": _f(dead.get("mean_fraction")), "layers": _dead_layers(dead),
+                     "members": len(_d(dead, "per_member")) or None,
+                     "probe": ", ".join(f"{v:,} {k}" for k, v in probe)})
+    for run, c in _per_run(d, "capacity").items():   # dead shares kept beside the capacity numbers
+        if run in {r["run"] for r in rows} or not isinstance(c.get("dead_fraction_by_layer"), dict):
+            continue
+        rows.append({"run": run, "mean": _f(c.get("dead_fraction")), "members": None, "probe": "",
+                     "layers": {str(k): (_f(v), None) for k, v in c["dead_fraction_by_layer"].items()}})
+    if not rows:
+        return None
+    groups: dict = {}   # runs with the same layers share a table
+    for r in rows:
+        groups.setdefault(tuple(r["layers"]), []).append(r)
+    return {"groups": [{"layers": list(k), "rows": v, "max": any(x[1] is not None for r in v for x in r["layers"].values())}
+                       for k, v in groups.items()]}
+
+
+def _topk(d: dict) -> dict | None:
+    rows = []
+    for run, t in _per_run(d, "topk").items():
+        values = {int(m.group(1)): _value_ci(v) for k, v in t.items() if (m := TOPK_KEY.match(str(k)))}
+        if not values:
+            continue
+        counts = [(k, v) for k, v in t.items() if isinstance(v, int) and not isinstance(v, bool)]
+        rows.append({"run": run, "scores": values, "counts": ", ".join(f"{v:,} {'items' if k == 'n' else k}"
+                                                                       for k, v in counts)})
+    if not rows:
+        return None
+    return {"ks": sorted({k for r in rows for k in r["scores"]}), "rows": rows,
+            "counts": any(r["counts"] for r in rows)}
+
+
+def _natural(key: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _robustness(d: dict, labels: dict) -> dict | None:
+    rob = d.get("robustness")
+    if not isinstance(rob, dict) or not any(isinstance(v, dict) for v in rob.values()):
+        return None
+    rob = {str(k): v for k, v in rob.items() if isinstance(v, dict)}
+    baseline = next((k for v in rob.values() for k in ("clean", "baseline", "none") if isinstance(v.get(k), dict)), None)
+    kinds = list(dict.fromkeys(k for v in rob.values() for k, x in v.items()
+                               if k != baseline and isinstance(x, dict) and any(isinstance(s, dict) for s in x.values())))
+    metrics = list(dict.fromkeys(m for v in rob.values() for m, x in _d(v, baseline).items() if _value_ci(x)))
+    info = _d(d, "corruptions")
+    tables = []
+    for kind in kinds:
+        sevs = sorted({str(s) for v in rob.values() for s, x in _d(v, kind).items() if isinstance(x, dict)}, key=_natural)
+        heads = []
+        for s in sevs:
+            first = next((_d(v, kind, s) for v in rob.values() if _d(v, kind, s)), {})
+            params = [f"{k} {_scalar_text(x)}" for k, x in first.items() if isinstance(x, (int, float))
+                      and not isinstance(x, bool) and not k.endswith("_drop")]
+            heads.append({"key": s, "params": ", ".join(params)})
+        rows = []
+        for run, v in rob.items():
+            cells = {s: {m: _value_ci(_d(v, kind, s).get(m)) for m in metrics} for s in sevs}
+            for s in sevs:
+                cells[s]["drop"] = {m: _value_ci(_d(v, kind, s).get(f"{m}_drop")) for m in metrics}
+            rows.append({"run": run, "baseline": {m: _value_ci(_d(v, baseline).get(m)) for m in metrics},
+                         "cells": cells})
+        unit = _d(info, kind).get("unit")
+        tables.append({"kind": kind, "label": _label(labels, kind), "unit": unit if isinstance(unit, str) else "",
+                       "severities": heads, "rows": rows})
+    summary = _table(d.get("robustness_summary"), labels) if isinstance(d.get("robustness_summary"), dict) else None
+    return {"baseline": baseline, "metrics": metrics, "metric_labels": [_label(labels, m) for m in metrics],
+            "kinds": tables, "summary": summary}
+
+
+def _table(part, labels: dict) -> dict | None:
+    """A dict of dicts as a table (rows: its keys; columns: the scalar entries), or a dict of scalars as
+    one line; None when it is neither."""
+    if not isinstance(part, dict) or not part:
+        return None
+    if all(isinstance(v, dict) for v in part.values()):
+        cols = list(dict.fromkeys(k for v in part.values() for k, x in v.items() if _scalar_text(x) is not None))
+        if not cols:
+            return None
+        rows = [{"label": str(r), "cells": {c: _scalar_text(v[c]) if c in v else None for c in cols}}
+                for r, v in part.items()]
+        return {"columns": [(c, _label(labels, c)) for c in cols], "rows": rows, "line": None}
+    items = [(k, _scalar_text(v)) for k, v in part.items()]
+    if all(t is not None for _, t in items):
+        return {"columns": [], "rows": [], "line": "; ".join(f"{_label(labels, k)}: {t}" for k, t in items)}
+    return None
+
+
+def _occlusion(d: dict, root: Path, path: str, labels: dict, notes: list, seen: set) -> dict | None:
+    occ = d.get("occlusion")
+    if not isinstance(occ, dict):
+        return None
+    classes = {str(k): v for k, v in _d(occ, "classes").items() if isinstance(v, dict)}
+    facts = [(_label(labels, k), _scalar_text(v)) for k, v in occ.items()
+             if k not in ("classes", "figures") and isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    info = [{"cls": c, **{k: _f(v.get(k)) for k in ("n", "mean_p_true", "called_right")},
+             "others": ", ".join(f"{_label(labels, k)} {_scalar_text(x)}" for k, x in v.items()
+                                 if k not in ("n", "mean_p_true", "called_right") and isinstance(x, (int, float))
+                                 and not isinstance(x, bool))} for c, v in classes.items()]
+    # occluded windows: one row per window (the first class's window edges), a column per class
+    wins = []
+    first = next((v.get("windows") for v in classes.values() if isinstance(v.get("windows"), list)), None) or []
+    for i, w in enumerate(first):
+        w = w if isinstance(w, dict) else {}
+        lo, hi = _f(w.get("start_ms")), _f(w.get("stop_ms"))
+        label = f"{lo:+.0f} to {hi:+.0f} ms" if lo is not None and hi is not None else f"window {i + 1}"
+        drops = {}
+        for c, v in classes.items():
+            ws = v.get("windows") if isinstance(v.get("windows"), list) else []
+            drops[c] = _f(ws[i].get("drop")) if i < len(ws) and isinstance(ws[i], dict) else None
+        wins.append({"label": label, "drops": drops})
+    # single-feature occlusions: every dict of numbers under a class (e.g. one per feature group)
+    groups = list(dict.fromkeys(k for v in classes.values() for k, x in v.items()
+                                if isinstance(x, dict) and x and all(_f(y) is not None for y in x.values())))
+    features = []
+    for g in groups:
+        names = list(dict.fromkeys(n for v in classes.values() for n in _d(v, g)))
+        features.append({"key": g, "label": _label(labels, g),
+                         "rows": [{"name": n, "drops": {c: _f(_d(v, g).get(n)) for c, v in classes.items()}}
+                                  for n in names]})
+    return {"facts": [(k, t) for k, t in facts if t is not None], "classes": list(classes), "info": info,
+            "windows": wins, "features": features,
+            "figures": _listed_figures(occ, root, path, notes, seen)}
+
+
+def analysis(d, path: str, root: Path, section: Section) -> tuple[dict | None, str | None]:
+    """(view, None) of a model-analysis stage's file, or (None, why nothing can be shown)."""
+    if not isinstance(d, dict) or not d:
+        return None, f"{path} holds no analyses (an empty or non-object file)."
+    labels = {str(k): str(v) for k, v in section.labels}
+    notes: list[str] = []
+    seen: set = set()
+    methods = _methods(d, labels)
+    view = {"readings": _readings(d, labels), "notes": notes,
+            "capacity": _capacity(d, root, path, section.unit), "dead_units": _dead_units(d), "topk": _topk(d),
+            "robustness": _robustness(d, labels), "occlusion": _occlusion(d, root, path, labels, notes, seen)}
+    present = {k for k, v in view.items() if v}
+    # any other part holding a table of numbers
+    others = []
+    for key, part in d.items():
+        if key in KNOWN_PARTS or (key == "capacity" and view["capacity"]):
+            continue
+        table = _table(part, labels)
+        if table:
+            others.append({"key": str(key), "label": _label(labels, key), "table": table,
+                           "figures": _listed_figures(part, root, path, notes, seen) if isinstance(part, dict) else []})
+            present.add(str(key))
+    view["others"] = others
+    globbed = _globbed_figures(section, root, seen, notes)
+    for part in ("capacity", "dead_units", "topk", "robustness", "occlusion"):
+        if view[part]:
+            view[part]["methods"] = _take_methods(methods, part)
+            view[part].setdefault("figures", [])
+            view[part]["figures"] = view[part]["figures"] + globbed.pop(part, [])
+    for o in others:
+        o["methods"] = _take_methods(methods, o["key"])
+        o["figures"] = o["figures"] + globbed.pop(o["key"], [])
+    view["gallery"] = [f for figs in globbed.values() for f in figs]
+    view["methods"] = list(methods.values())
+    if view["readings"]:
+        present.add("readings")
+    if view["methods"] or any(v.get("methods") for v in [view[p] for p in ("capacity", "dead_units", "topk",
+                                                                         "robustness", "occlusion") if view[p]] + others):
+        present.add("method")
+    for part in section.parts:
+        if part not in present:
+            notes.append(_missing(path, part, _label(labels, part)))
+    total = _f(_d(d, "timings_s").get("total_s"))
+    view["minutes"] = None if total is None else total / 60
+    if not present:
+        return None, f"{path} holds none of the analyses this report knows (keys: {', '.join(map(str, d))})."
+    return view, None
+
+
 # ---- loading ------------------------------------------------------------------------------------
 
 def load(root: Path, sections) -> list[dict]:
     """{"section", "rows", "classes", "detection", "view", "reason"} for each declared section:
-    "rows"/"classes"/"detection" for kind "table", "view" for kind "compression"; "reason" when
+    "rows"/"classes"/"detection" for kind "table", "view" for kinds "compression" and "analysis"; "reason" when
     nothing can be shown."""
     out = []
     for s in sections:
@@ -289,11 +662,12 @@ def load(root: Path, sections) -> list[dict]:
         except ValueError as exc:
             entry["reason"] = f"{s.path} is unreadable ({type(exc).__name__})"
             continue
-        if s.kind == "compression":
+        if s.kind in ("compression", "analysis"):
             try:
-                entry["view"], entry["reason"] = compression(data, s.path)
+                entry["view"], entry["reason"] = (compression(data, s.path) if s.kind == "compression"
+                                                  else analysis(data, s.path, root, s))
             except (TypeError, AttributeError, KeyError, ValueError) as exc:   # a shape this reader does not know
-                entry["reason"] = f"{s.path} could not be read as a compression result ({type(exc).__name__}: {exc})"
+                entry["reason"] = f"{s.path} could not be read as a {s.kind} result ({type(exc).__name__}: {exc})"
             continue
         rows = _rows(data)
         entry.update(rows=rows, classes=list(dict.fromkeys(c for r in rows for c in r["f1"])),
