@@ -63,6 +63,23 @@ def test_unknown_corruption_and_bad_params():
         analyse.Config(max_images=0).validate()
 
 
+# ----------------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_auc_draws_match_evaluation_roc_auc_on_each_draw(n_classes):
+    from pipeline import clinical, evaluation
+
+    y = np.array([0, 1] * 5 + [n_classes - 1] * 2)
+    probs = RNG.dirichlet(np.ones(n_classes), len(y))
+    probs[:4] = probs[4:8]                           # tied scores
+    draws = np.stack(list(clinical.group_draws(np.arange(len(y)), 40, 0)))
+    draws[0] = 0                                     # a draw with one class only: undefined
+    got = analyse.auc_draws(y, probs, draws)
+    want = [evaluation.roc_auc(y[d], probs[d]) for d in draws]
+    assert np.isnan(got[0]) and want[0] is None
+    np.testing.assert_allclose(got[1:], np.array(want[1:], float), rtol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ top-k
 
 def test_topk_hand_example(tmp_path):
