@@ -8,12 +8,15 @@ and eval.npz):
               noise (sigma on the 0..255 scale) and Gaussian blur (sigma in pixels, per image and
               channel), five severities each, clipped to 0..255; 95% CIs over images, the same draws
               for every run and severity (paired). Summarised per (model, regime): mean accuracy and
-              AUC drop under noise vs under blur, over datasets, losses and severities.
+              AUC drop under noise vs under blur, over datasets, losses and severities. Default
+              severities: CIFAR-10-C's (Hendrycks & Dietterich 2019; its 32 px images are the closest
+              to 28 px): noise 0.04..0.10 x 255, blur 0.4..1.0 px.
   top-k       top-1/2/3 accuracy of the multi-class (>= 3 classes) runs, from eval.npz.
   Grad-CAM    maps of the last backbone conv block with a map side >= gradcam_min_side, for the most
-              confident correct and wrong test images of each class (figures/gradcam/<run>.png).
+              confident correct and wrong test images of each class (gradcam/<run>.png).
   capacity    parameters and FLOPs per image (pipeline.deploy.layer_costs); dead ReLU units per layer
               on training images (pipeline.analysis.dead_units).
+Scores are the models' own outputs (before evaluate_vision's temperature; the clean accuracy equals its).
 Outputs: metrics/vision/analysis.json (numbers and plain-words readings), artifacts/vision/analysis/
 (figures, run.json with provenance and wall times). Runs of one dataset share the predictions of their
 identical leading layers (the frozen backbone blocks), so each corrupted set is pushed through them once.
@@ -417,7 +420,11 @@ def analyse(runs, data_dir: Path, out_dir: Path, cfg: Config) -> tuple[dict, dic
     for r in runs:
         by_data[r["dataset"]].append(r)
     for name, group in sorted(by_data.items()):
-        limit = group[0]["trained"].get("limit")
+        limits = {r["trained"].get("limit") for r in group}
+        if len(limits) > 1:
+            raise ValueError(f"runs of '{name}' were trained with different image limits {sorted(limits, key=str)}; "
+                             "their test sets differ: retrain them alike")
+        limit = limits.pop()
         splits, meta = dataset.load(data_dir, name, limit)
         for r in group:
             if r["trained"].get("data_sha256") not in (None, meta["sha256"]):
