@@ -286,4 +286,14 @@ def test_stage_end_to_end_on_tiny_runs(tmp_path):
     assert cap["params"] > 0 and 0 <= cap["dead_fraction"] <= 1
     assert (out / "gradcam" / "toy-toynet-frozen-ce.png").stat().st_size > 1000
     assert (out / "robustness.png").is_file() and not (out / "eval.json").exists()
-    assert set(result["readings"]) >= {"noise_vs_blur", "backbones_and_regimes", "topk", "capacity"}
+    assert set(result["readings"]) >= {"noise_vs_blur", "backbones_and_regimes", "topk", "capacity", "dead_units"}
+    assert set(result["method"]) >= {"robustness", "topk", "gradcam", "capacity", "dead_units"}
+    assert result["timings_s"]["total_s"] > 0
+    # the report's vision-analysis section reads every part it expects from this file
+    from pipeline.report.sections import analysis
+    from vision.report import SECTIONS
+
+    section = next(s for s in SECTIONS if s.path == "metrics/vision/analysis.json")
+    view, reason = analysis(result, "metrics/vision/analysis.json", tmp_path, section)
+    assert reason is None and not [n for n in view["notes"] if "has no" in n], view["notes"]
+    assert view["robustness"]["kinds"] and view["topk"]["rows"] and view["dead_units"]["groups"]
