@@ -306,3 +306,20 @@ def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown kind"):
         Section("x", "X", "metrics/x.json", "", "", kind="analyses")
     assert copy.copy(Section("x", "X", "metrics/x.json", "", "", kind="analysis")).kind == "analysis"
+
+
+@pytest.mark.parametrize("arm, path, edit", [
+    ("ecg", ECG, lambda d: d["occlusion"].update(figures=7, classes=["N", "S"])),
+    ("ecg", ECG, lambda d: d["runs"].update({"neta-ce": None, "netb-focal": {"topk": {"top1": "bad"}, "dead_units": 3}})),
+    ("ecg", ECG, lambda d: d.update(readings={"a": 1, "b": None}, method=["x"], timings_s="soon")),
+    ("vision", VISION, lambda d: d["robustness"].update({"setx-alex-frozen-ce": {"clean": None, "noise": {"s1": 4}}})),
+    ("vision", VISION, lambda d: d.update(robustness_summary=[1, 2], gradcam={"r": {"layer": None}}, capacity="n/a")),
+])
+def test_odd_shapes_render_without_crashing(tmp_path, arm, path, edit):
+    d = ecg_analysis(["a.png"]) if arm == "ecg" else vision_analysis()
+    edit(d)
+    write_json(tmp_path / path, d)
+    html = _build(tmp_path, (arm,))
+    page, _ = _section(html, "analysis" if arm == "ecg" else "vision-analysis")
+    assert "could not be read" not in page.text and "Not shown" not in page.text
+    assert page.ids   # something of the file is still shown

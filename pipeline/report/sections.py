@@ -386,7 +386,8 @@ def _figure(path: Path, caption: str, notes: list, where: str) -> dict | None:
 
 def _listed_figures(block, root: Path, path: str, notes: list, seen: set) -> list:
     out = []
-    for p in (block.get("figures") if isinstance(block, dict) else None) or []:
+    listed = block.get("figures") if isinstance(block, dict) else None
+    for p in listed if isinstance(listed, list) else []:
         if not isinstance(p, str):
             continue
         f = Path(p) if Path(p).is_absolute() else root / p
@@ -667,7 +668,8 @@ def load(root: Path, sections) -> list[dict]:
                 entry["view"], entry["reason"] = (compression(data, s.path) if s.kind == "compression"
                                                   else analysis(data, s.path, root, s))
             except (TypeError, AttributeError, KeyError, ValueError) as exc:   # a shape this reader does not know
-                entry["reason"] = f"{s.path} could not be read as a {s.kind} result ({type(exc).__name__}: {exc})"
+                entry["reason"] = (f"{s.path} could not be read as {'an' if s.kind[0] in 'aeiou' else 'a'} {s.kind} "
+                                   f"result ({type(exc).__name__}: {exc})")
             continue
         rows = _rows(data)
         entry.update(rows=rows, classes=list(dict.fromkeys(c for r in rows for c in r["f1"])),
