@@ -145,6 +145,18 @@ def with_masks(model: keras.Model, masks: dict[str, np.ndarray]) -> keras.Model:
     return pruned
 
 
+def strip_masks(model: keras.Model) -> keras.Model:
+    """The same functional model without MaskConstraints (what is deployed: the zeros stay, the masks,
+    which only training needs and which would store one number per weight in the config, go)."""
+    config = copy.deepcopy(model.get_config())
+    for layer_cfg in config["layers"]:
+        if layer_cfg["config"].get("kernel_constraint"):
+            layer_cfg["config"]["kernel_constraint"] = None
+    plain = model.__class__.from_config(config)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def sparsity_report(model: keras.Model) -> dict:
     """Zero fraction of every prunable kernel, and over all of them."""
     rows, zeros, total = {}, 0, 0

@@ -98,6 +98,14 @@ def test_magnitude_masks_are_exact_and_survive_fine_tuning_and_reload(tmp_path, 
     best.save(tmp_path / "p.keras")
     again = keras.models.load_model(tmp_path / "p.keras")
     assert C.sparsity_report(again)["kernel_zeros"] == C.sparsity_report(best)["kernel_zeros"]
+    # the deployable copy keeps the zeros but not the masks, so its file is no larger than the dense one's
+    plain = C.strip_masks(best)
+    assert all(layer.kernel.constraint is None for layer in C.prunable_layers(plain))
+    assert C.sparsity_report(plain)["kernel_zeros"] == C.sparsity_report(best)["kernel_zeros"]
+    np.testing.assert_allclose(plain.predict(x, verbose=0), best.predict(x, verbose=0), atol=1e-6)
+    plain.save(tmp_path / "plain.keras")
+    model.save(tmp_path / "dense.keras")
+    assert (tmp_path / "plain.keras").stat().st_size <= (tmp_path / "dense.keras").stat().st_size * 1.05
 
 
 def test_magnitude_masks_reject_bad_sparsity_and_unknown_layers():
