@@ -42,6 +42,7 @@ TINY = {
                                        "min_delta": 0.001}},
                      "representative": 64, "noise_draws": 1,
                      "latency": {"repeats": 5, "warmup": 1, "large_batch": 64}},
+    "analyse_ecg": {"dead_beats": 2000, "saliency_beats": 20, "windows": 4},
 }
 
 
@@ -108,6 +109,9 @@ def test_smoke_dvc_repro(tmp_path):
     for name, row in deployed["variants"].items():
         assert 0 <= row["macro_f1"] <= 1 and row["bytes"] > 0 and row["latency_ms_b1"] > 0, name
     assert deployed["variants"]["member_s0.5"]["sparsity"] >= 0.49
+    analysis = json.loads((proj / "metrics" / "ecg" / "analysis.json").read_text())
+    assert set(analysis["runs"]) == {"lenet1d-ce", "lenet1d-focal", "dilated1d-ce", "dilated1d-focal"}
+    assert analysis["readings"] and (proj / "artifacts" / "ecg" / "analysis").is_dir()
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
