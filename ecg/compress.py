@@ -146,9 +146,11 @@ def load_data(data_dir: Path, package: dict, run_dir: Path, val_fold: int) -> Da
     folds = [int(f) for f in train_rec["folds"]]
     if val_fold not in folds:
         raise ParamsError(f"compress_ecg.val_fold: {val_fold} is not a fold of {run_dir} ({folds})")
-    train, val, test = dataset.splits(arrays, [val_fold])
-    # the out-of-fold predictions, in train_ecg's order: the validation beats of each fold in turn
-    order = np.concatenate([np.flatnonzero((arrays["fold"] == f) & (arrays["split"] == 0)) for f in folds])
+    # the out-of-fold predictions, in train_ecg's order: the validation beats of each fold in turn (the same
+    # subsample of them when the run was trained with limit_beats, as dataset.select draws it)
+    limit, seed = train_rec.get("limit_beats"), int(train_rec.get("seed", 0))
+    order = np.concatenate([_selected(np.flatnonzero((arrays["fold"] == f) & (arrays["split"] == 0)), limit, seed)
+                            for f in folds])
     with np.load(run_dir / "oof.npz") as npz:
         y_oof, p_oof, rec_oof = npz["y"], npz["probs"], npz["record"]
     if len(order) != len(y_oof) or not (np.array_equal(arrays["y"][order], y_oof)
@@ -157,11 +159,27 @@ def load_data(data_dir: Path, package: dict, run_dir: Path, val_fold: int) -> Da
                          f"(rerun train_ecg for this data)")
     soft = np.full((len(arrays["y"]), p_oof.shape[1]), np.nan, np.float32)
     soft[order] = p_oof
+    # students learn from DS1 beats that have a teacher prediction (all of them unless limit_beats was set)
+    has = np.zeros(len(arrays["y"]), bool)
+    has[order] = True
     is_val = (arrays["fold"] == val_fold) & (arrays["split"] == 0)
-    soft_train = soft[np.flatnonzero((arrays["split"] == 0) & ~is_val)]
-    soft_val = soft[np.flatnonzero(is_val)]
+    train = dataset.select(arrays, (arrays["split"] == 0) & ~is_val & has)
+    val = dataset.select(arrays, is_val & has)
+    test = dataset.select(arrays, arrays["split"] == 1)
+    if not len(train.y) or not len(val.y):
+        raise ValueError(f"compress_ecg: validation fold {val_fold} leaves no DS1 training or validation beat with "
+                         f"a teacher prediction in {run_dir / 'oof.npz'}")
+    soft_train = soft[np.flatnonzero((arrays["split"] == 0) & ~is_val & has)]
+    soft_val = soft[np.flatnonzero(is_val & has)]
     return Data(train, val, test, soft_train, soft_val, (y_oof, p_oof), meta["classes"],
                 dataset.score_indices(meta), meta["beats_sha256"])
+
+
+def _selected(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """The rows ecg.dataset.select keeps of `idx` under train_ecg's limit_beats and seed."""
+    if limit is not None and len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+    return idx
 
 
 def representative(beats: dataset.Beats, n: int, seed: int) -> dict:

@@ -66,6 +66,25 @@ def test_soft_targets_line_up_with_the_beats(tmp_path):
     assert data.score == (0, 1, 2, 3)
 
 
+def test_runs_trained_on_a_subsample_give_soft_targets_for_those_beats_only(tmp_path):
+    """train_ecg with limit_beats keeps a seeded subsample of each validation fold (ecg.dataset.select):
+    the out-of-fold file covers those beats, and students learn from exactly them."""
+    data_dir, run, package, _, _ = _prepared(tmp_path)
+    rng = np.random.default_rng(3)
+    with np.load(data_dir / "beats.npz") as npz:
+        a = {k: npz[k] for k in npz.files}
+    order = np.concatenate([np.sort(np.random.default_rng(7).choice(np.flatnonzero((a["fold"] == f) & (a["split"] == 0)),
+                                                                    15, replace=False)) for f in (0, 1)])
+    probs = rng.dirichlet(np.ones(5), len(order)).astype(np.float32)
+    save_npz(run / "oof.npz", y=a["y"][order], probs=probs, record=a["record"][order])
+    write_json(run / "train.json", {"folds": {"0": {}, "1": {}}, "limit_beats": 15, "seed": 7})
+    data = compress.load_data(data_dir, package, run, val_fold=0)
+    assert len(data.train.y) == 15 and len(data.val.y) == 15 and len(data.test.y) == 40
+    assert np.isfinite(data.soft_train).all() and np.isfinite(data.soft_val).all()
+    np.testing.assert_array_equal(data.soft_val, probs[:15])
+    np.testing.assert_array_equal(data.soft_train, probs[15:])
+
+
 def test_misaligned_oof_is_refused_naming_the_file(tmp_path):
     data_dir, run, package, order, probs = _prepared(tmp_path)
     with np.load(run / "oof.npz") as npz:
