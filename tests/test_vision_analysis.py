@@ -280,13 +280,16 @@ def test_stage_end_to_end_on_tiny_runs(tmp_path):
     assert set(rob) == {"clean", "noise", "blur"} and set(rob["noise"]) == {f"s{i}" for i in range(1, 6)}
     assert rob["noise"]["s5"]["sigma"] == 50.0 and rob["clean"]["accuracy"]["ci"] is not None
     assert set(result["robustness_summary"]) == {"toynet-frozen", "toynet-finetune"}
+    assert result["robustness_by_dataset"]["toy"]["n_runs"] == 2
+    assert result["robustness_by_dataset"]["toy"]["noise_top_accuracy_drop"] == pytest.approx(
+        np.mean([result["robustness"][r]["noise"]["s5"]["accuracy_drop"]["value"] for r in result["robustness"]]))
     assert set(result["topk"]["toy-toynet-finetune-ce"]) == {"top1", "top2"}
     assert result["gradcam"]["toy-toynet-frozen-ce"]["layer"] == "block1_conv"
     cap = result["capacity"]["toy-toynet-frozen-ce"]
     assert cap["params"] > 0 and 0 <= cap["dead_fraction"] <= 1
     assert (out / "gradcam" / "toy-toynet-frozen-ce.png").stat().st_size > 1000
     assert (out / "robustness.png").is_file() and not (out / "eval.json").exists()
-    assert set(result["readings"]) >= {"noise_vs_blur", "backbones_and_regimes", "topk", "capacity", "dead_units"}
+    assert set(result["readings"]) >= {"strongest_effect", "noise_vs_blur", "backbones_and_regimes", "topk", "capacity", "dead_units"}
     assert set(result["method"]) >= {"robustness", "topk", "gradcam", "capacity", "dead_units"}
     assert result["timings_s"]["total_s"] > 0
     # the report's vision-analysis section reads every part it expects from this file
