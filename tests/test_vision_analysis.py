@@ -279,6 +279,8 @@ def test_stage_end_to_end_on_tiny_runs(tmp_path):
     rob = result["robustness"]["toy-toynet-frozen-ce"]
     assert set(rob) == {"clean", "noise", "blur"} and set(rob["noise"]) == {f"s{i}" for i in range(1, 6)}
     assert rob["noise"]["s5"]["sigma"] == 50.0 and rob["clean"]["accuracy"]["ci"] is not None
+    assert sum(rob["blur"]["s2"]["predicted_share"].values()) == pytest.approx(1.0)
+    assert result["class_names"] == {"toy": ["a", "b", "c"]}
     assert set(result["robustness_summary"]) == {"toynet-frozen", "toynet-finetune"}
     assert result["robustness_by_dataset"]["toy"]["n_runs"] == 2
     assert result["robustness_by_dataset"]["toy"]["noise_top_accuracy_drop"] == pytest.approx(

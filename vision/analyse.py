@@ -127,8 +127,10 @@ def auc_draws(y, probs, draws) -> np.ndarray:
 
 def score(y, probs, draws, clean_correct=None, clean_auc=None) -> dict:
     """Accuracy and AUC with CIs; with the clean results, the (paired) drops from clean."""
-    correct = (np.asarray(probs).argmax(axis=1) == y).astype(np.float64)
+    pred = np.asarray(probs).argmax(axis=1)
+    correct = (pred == y).astype(np.float64)
     out = {"accuracy": with_ci(correct, draws),
+           "predicted_share": {str(k): float(np.mean(pred == k)) for k in range(np.shape(probs)[1])},
            "auc": {"value": evaluation.roc_auc(y, probs),
                    "ci": clinical.percentile(auc_draws(y, probs, draws))}}
     if clean_correct is not None:
@@ -276,6 +278,11 @@ def by_dataset(runs, rob: dict, cfg: Config) -> dict:
             aucs = [t["auc_drop"] for t in top if t["auc_drop"] is not None]
             row[f"{kind}_top_accuracy_drop"] = float(np.mean([t["accuracy_drop"]["value"] for t in top]))
             row[f"{kind}_top_auc_drop"] = float(np.mean(aucs)) if aucs else None
+            clean = np.mean([list(it["clean"]["predicted_share"].values()) for it in items], axis=0)
+            shifted = np.mean([list(t["predicted_share"].values()) for t in top], axis=0)
+            k = int(np.argmax(np.abs(shifted - clean)))
+            row[f"{kind}_top_most_shifted_class"] = k
+            row[f"{kind}_top_share_clean"], row[f"{kind}_top_share"] = float(clean[k]), float(shifted[k])
         out[ds] = row
     return out
 
@@ -368,15 +375,21 @@ def capacity(model, chain, x_train, cfg: Config) -> dict:
             "dead_fraction_by_layer": {k.split("/", 1)[1]: v["fraction"] for k, v in dead.items()}}
 
 
-def readings(summary: dict, top: dict, cams: dict, cap: dict, runs, per_data: dict | None = None) -> dict:
+def readings(summary: dict, top: dict, cams: dict, cap: dict, runs, per_data: dict | None = None,
+             classes: dict | None = None) -> dict:
     out = {}
     worst = [(v[f"{kind}_top_accuracy_drop"], ds, kind, v[f"{kind}_top_auc_drop"])
              for ds, v in (per_data or {}).items() for kind in ("noise", "blur")]
     if worst:
         acc, ds, kind, auc = max(worst)
+        v = per_data[ds]
+        name = (classes or {}).get(ds, [])
+        k = v[f"{kind}_top_most_shifted_class"]
+        label = name[k] if k < len(name) else k
         text = (f"At the strongest severity, accuracy falls most on {ds} under {kind}: by {acc:.3f} on average over "
-                f"its runs, while its AUC falls by {_f(auc)}")
-        if auc is not None and acc > 3 * max(auc, 0.0):
+                f"its runs (the share of images called '{label}' goes from {v[f'{kind}_top_share_clean']:.2f} to "
+                f"{v[f'{kind}_top_share']:.2f}), while its AUC falls by {_f(auc)}")
+        if auc is not None and acc >= 0.05 and acc > 3 * max(auc, 0.0):
             text += (": the ranking of the images mostly survives while the calls move across the decision threshold "
                      "(the operating point shifts more than information is lost)")
         out["strongest_effect"] = text + "."
@@ -440,7 +453,7 @@ def analyse(runs, data_dir: Path, out_dir: Path, cfg: Config) -> tuple[dict, dic
 
     from vision import dataset, layers  # noqa: F401  (layers: registers the custom layers for loading)
 
-    rob, cams, cap, clock, n_images = {}, {}, {}, defaultdict(float), {}
+    rob, cams, cap, clock, n_images, class_names = {}, {}, {}, defaultdict(float), {}, {}
     by_data = defaultdict(list)
     for r in runs:
         by_data[r["dataset"]].append(r)
@@ -454,7 +467,7 @@ def analyse(runs, data_dir: Path, out_dir: Path, cfg: Config) -> tuple[dict, dic
         for r in group:
             if r["trained"].get("data_sha256") not in (None, meta["sha256"]):
                 raise ValueError(f"{r['dir'] / 'train.json'}: trained on other data than {data_dir / name}.npz")
-        test = splits["test"]
+        test, class_names[name] = splits["test"], list(meta["class_names"])
         n = len(test.y) if cfg.max_images is None else min(cfg.max_images, len(test.y))
         x, y, n_images[name] = test.x[:n], test.y[:n], n
         models = {r["name"]: keras.models.load_model(r["dir"] / "model.keras", compile=False) for r in group}
@@ -480,9 +493,9 @@ def analyse(runs, data_dir: Path, out_dir: Path, cfg: Config) -> tuple[dict, dic
     clock["summary_s"] += time.perf_counter() - t
     metrics = {"corruptions": {"noise": {"sigma": list(cfg.noise_sigma), "unit": "intensity, 0..255 scale"},
                                "blur": {"sigma": list(cfg.blur_sigma), "unit": "pixels"}},
-               "n_test_images": n_images, "robustness_summary": summary,
+               "n_test_images": n_images, "class_names": class_names, "robustness_summary": summary,
                "robustness_by_dataset": per_data, "robustness": rob, "topk": top,
-               "gradcam": cams, "capacity": cap, "readings": readings(summary, top, cams, cap, runs, per_data),
+               "gradcam": cams, "capacity": cap, "readings": readings(summary, top, cams, cap, runs, per_data, class_names),
                "method": methods(cfg)}
     return metrics, {"seconds": dict(clock)}
 
