@@ -33,6 +33,7 @@ from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from pipeline.io import write_text  # noqa: E402
 from vision import squeezenet as sq  # noqa: E402
@@ -80,13 +81,15 @@ def extract(model, x, batch=128):
 def probe(f_train, y_train, f_test, y_test, seed):
     """Test accuracy of StandardScaler + LogisticRegressionCV fitted on the train features only.
 
-    LogisticRegressionCV fits the C path per fold with warm starts (GridSearchCV refitting every C from
-    scratch took ~7 min per random-init case on the shared 2 cores).  The scaler is fitted on the whole
-    train part before the CV folds (unsupervised mean/std only; the test part is never seen)."""
+    LogisticRegressionCV fits the C path per fold with warm starts.  BLAS runs single-threaded here: on the
+    shared, oversubscribed 2 cores OpenBLAS's 2 threads made one random-init fit take 133 s instead of 12 s.
+    The scaler is fitted on the whole train part before the CV folds (unsupervised mean/std only; the
+    test part is never seen)."""
     model = make_pipeline(StandardScaler(), LogisticRegressionCV(
         Cs=list(CS), cv=StratifiedKFold(3, shuffle=True, random_state=seed), l1_ratios=(0.0,), scoring="accuracy",
         max_iter=2000, n_jobs=1, use_legacy_attributes=True))
-    model.fit(f_train, y_train)
+    with threadpool_limits(1):
+        model.fit(f_train, y_train)
     lr = model[-1]
     scores = np.asarray(next(iter(lr.scores_.values()))).reshape(3, len(lr.Cs_))   # folds x Cs (one l1_ratio)
     cv = float(scores.mean(axis=0)[list(lr.Cs_).index(lr.C_[0])])
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     say(f"data: {args.zip}: {len(y_tr)} train ({args.train_per_class}/class) + {len(y_te)} test "
         f"({args.test_per_class}/class) images, 32x32 RGB, seed {args.seed}")
     say(f"probe: StandardScaler + LogisticRegressionCV (lbfgs, warm-started C path), C in {list(CS)} by 3-fold "
-        f"stratified CV on train only; test scored once. Random init = the same network, keras.utils.set_random_seed({args.seed}), "
+        f"stratified CV on train only (BLAS single-threaded); test scored once. Random init = the same network, keras.utils.set_random_seed({args.seed}), "
         f"Keras defaults (glorot-uniform kernels, zero biases).")
     say()
 
