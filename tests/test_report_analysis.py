@@ -17,7 +17,7 @@ from pipeline.report.stage import ReportParams, build
 from tests.test_report import PageParser, as_value
 
 ECG = "metrics/ecg/analysis.json"
-VISION = "metrics/vision/analysis.json"
+VISION = "metrics/analysis/vision.json"
 
 
 def _png(tag: int) -> bytes:
@@ -253,8 +253,8 @@ def test_vision_analysis_robustness_topk_gradcam(tmp_path):
     write_json(tmp_path / VISION, d)
     for name, tag in (("robustness.png", 1), ("gradcam/setx-alex-frozen-ce.png", 2),
                       ("gradcam/setx-vgg-finetune-ce.png", 3)):
-        (tmp_path / "artifacts/vision/analysis" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "artifacts/vision/analysis" / name).write_bytes(_png(tag))
+        (tmp_path / "artifacts/analysis/vision" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "artifacts/analysis/vision" / name).write_bytes(_png(tag))
     write_json(tmp_path / "metrics/vision/setx-vgg-finetune-ce.json",
                {"macro_f1": 0.4, "ci95": {"macro_f1": {"lo": 0.3, "hi": 0.5}}})
     page, part = _section(_build(tmp_path, ("vision",)), "vision-analysis")

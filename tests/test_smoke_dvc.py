@@ -43,6 +43,7 @@ TINY = {
                      "representative": 64, "noise_draws": 1,
                      "latency": {"repeats": 5, "warmup": 1, "large_batch": 64}},
     "analyse_ecg": {"dead_beats": 2000, "saliency_beats": 20, "windows": 4},
+    "analyse_vision": {"bootstrap": 20, "noise_sigma": [25.5], "blur_sigma": [1.0], "dead_images": 16},
 }
 
 
@@ -112,6 +113,8 @@ def test_smoke_dvc_repro(tmp_path):
     analysis = json.loads((proj / "metrics" / "ecg" / "analysis.json").read_text())
     assert set(analysis["runs"]) == {"lenet1d-ce", "lenet1d-focal", "dilated1d-ce", "dilated1d-focal"}
     assert analysis["readings"] and (proj / "artifacts" / "ecg" / "analysis").is_dir()
+    vision_analysis = json.loads((proj / "metrics" / "analysis" / "vision.json").read_text())
+    assert vision_analysis["readings"] and (proj / "artifacts" / "analysis" / "vision").is_dir()
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

@@ -298,7 +298,7 @@ def test_stage_end_to_end_on_tiny_runs(tmp_path):
     from pipeline.report.sections import analysis
     from vision.report import SECTIONS
 
-    section = next(s for s in SECTIONS if s.path == "metrics/vision/analysis.json")
-    view, reason = analysis(result, "metrics/vision/analysis.json", tmp_path, section)
+    section = next(s for s in SECTIONS if s.path == "metrics/analysis/vision.json")
+    view, reason = analysis(result, "metrics/analysis/vision.json", tmp_path, section)
     assert reason is None and not [n for n in view["notes"] if "has no" in n], view["notes"]
     assert view["robustness"]["kinds"] and view["topk"]["rows"] and view["dead_units"]["groups"]

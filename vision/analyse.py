@@ -17,7 +17,7 @@ and eval.npz):
   capacity    parameters and FLOPs per image (pipeline.deploy.layer_costs); dead ReLU units per layer
               on training images (pipeline.analysis.dead_units).
 Scores are the models' own outputs (before evaluate_vision's temperature; the clean accuracy equals its).
-Outputs: metrics/vision/analysis.json (numbers and plain-words readings), artifacts/vision/analysis/
+Outputs: metrics/analysis/vision.json (numbers and plain-words readings), artifacts/analysis/vision/
 (figures, run.json with provenance and wall times). Runs of one dataset share the predictions of their
 identical leading layers (the frozen backbone blocks), so each corrupted set is pushed through them once.
 """
@@ -558,8 +558,8 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--runs", default="artifacts/vision", help="folder of the trained runs")
     ap.add_argument("--data", default="data/vision")
-    ap.add_argument("--out", default="artifacts/vision/analysis")
-    ap.add_argument("--metrics", default="metrics/vision/analysis.json")
+    ap.add_argument("--out", default="artifacts/analysis/vision")
+    ap.add_argument("--metrics", default="metrics/analysis/vision.json")
     args = ap.parse_args(argv)
     cfg = load_section("analyse_vision", Config, args.params)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

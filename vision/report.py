@@ -15,13 +15,13 @@ def load_data(root: Path, info: dict, notes: list) -> dict:
 
 SECTIONS = (
     Section("vision-analysis", "Model analyses: robustness, top-k, Grad-CAM and capacity",
-            "metrics/vision/analysis.json",
+            "metrics/analysis/vision.json",
             "What the trained networks learned, read without retraining: test accuracy and AUC under Gaussian noise "
             "and Gaussian blur at rising severity (the same corrupted images for every run), the mean drops per "
             "backbone and regime, top-k accuracy of the multi-class runs, Grad-CAM maps of confident right and wrong "
             "test images, and parameters, FLOPs and dead ReLU units per network.",
             "the analyse_vision stage (python -m vision.analyse) has not been run.",
-            kind="analysis", test_name="test", unit="image",
+            kind="analysis", test_name="test", unit="image", run_metrics="metrics/vision",
             labels=(("noise", "Gaussian noise"), ("blur", "Gaussian blur"), ("gradcam", "Grad-CAM"),
                     ("noise_vs_blur", "noise vs blur"), ("n_test_images", "test images per dataset"),
                     ("corruptions", "corruptions"), ("map_side", "map side"), ("n_images", "images shown"),
@@ -31,8 +31,8 @@ SECTIONS = (
                     ("noise_auc_drop", "noise: AUC drop"), ("noise_accuracy_drop_by_severity", "noise: accuracy drop by severity"),
                     ("blur_accuracy_drop", "blur: accuracy drop"), ("blur_auc_drop", "blur: AUC drop"),
                     ("blur_accuracy_drop_by_severity", "blur: accuracy drop by severity")),
-            figures=(("robustness", "artifacts/vision/analysis/robustness.png"),
-                     ("gradcam", "artifacts/vision/analysis/gradcam/*.png")),
+            figures=(("robustness", "artifacts/analysis/vision/robustness.png"),
+                     ("gradcam", "artifacts/analysis/vision/gradcam/*.png")),
             parts=("readings", "robustness", "topk", "gradcam", "capacity")),
 )
 

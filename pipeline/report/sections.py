@@ -52,6 +52,9 @@ class Section:
     figures: tuple = ()
     # kind "analysis": the parts the stage writes; each one the file lacks is named in a sentence
     parts: tuple = ()
+    # kind "analysis": the folder of each run's metrics file (<folder>/<run>.json, for its test macro-F1);
+    # empty = the analysis file's own folder
+    run_metrics: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -414,12 +417,13 @@ def _globbed_figures(section, root: Path, seen: set, notes: list) -> dict:
     return out
 
 
-def _run_macro(root: Path, path: str, run: str, entry: dict) -> dict | None:
-    """A run's test macro-F1 (with CI): the analysis file's own, else the run's metrics file beside it."""
+def _run_macro(root: Path, path: str, run: str, entry: dict, folder: str = "") -> dict | None:
+    """A run's test macro-F1 (with CI): the analysis file's own, else the run's metrics file in `folder`
+    (default: beside the analysis file)."""
     own = _value_ci({"value": entry.get("macro_f1"), "ci95": _d(entry, "ci95").get("macro_f1")})
     if own:
         return own
-    f = root / Path(path).parent / f"{run}.json"
+    f = root / (folder or Path(path).parent) / f"{run}.json"
     if not f.is_file():
         return None
     try:
@@ -433,7 +437,7 @@ def _first(obj: dict, *keys):
     return next((obj[k] for k in keys if _f(obj.get(k)) is not None), None)
 
 
-def _capacity(d: dict, root: Path, path: str, unit: str) -> dict | None:
+def _capacity(d: dict, root: Path, path: str, unit: str, folder: str = "") -> dict | None:
     caps = _per_run(d, "capacity")
     if not caps:
         return None
@@ -447,7 +451,7 @@ def _capacity(d: dict, root: Path, path: str, unit: str) -> dict | None:
                      "mflops": None if flops is None else flops / 1e6,
                      "rf_ms": _f(c.get("receptive_field_ms")), "rf_samples": _f(c.get("receptive_field_samples")),
                      "regions": _f(c.get("linear_regions_log10_bound")), "relu": _first(c, "relu_units_member", "relu_units"),
-                     "macro": _run_macro(root, path, run, _d(d, "runs", run))})
+                     "macro": _run_macro(root, path, run, _d(d, "runs", run), folder)})
     shown = {k for k in ("params", "members", "mflops", "rf_ms", "regions", "relu", "macro")
              if any(r[k] is not None for r in rows)}
     return {"rows": rows, "shown": shown, "per_member": any(r["members"] for r in rows)}
@@ -604,7 +608,7 @@ def analysis(d, path: str, root: Path, section: Section) -> tuple[dict | None, s
     seen: set = set()
     methods = _methods(d, labels)
     view = {"readings": _readings(d, labels), "notes": notes,
-            "capacity": _capacity(d, root, path, section.unit), "dead_units": _dead_units(d), "topk": _topk(d),
+            "capacity": _capacity(d, root, path, section.unit, section.run_metrics), "dead_units": _dead_units(d), "topk": _topk(d),
             "robustness": _robustness(d, labels), "occlusion": _occlusion(d, root, path, labels, notes, seen)}
     present = {k for k, v in view.items() if v}
     # any other part holding a table of numbers
