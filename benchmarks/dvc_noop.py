@@ -52,8 +52,9 @@ def export_tree(dest: Path, rev: str | None) -> None:
 
 def stand_in_outputs(dest: Path) -> int:
     code = ("import json, sys; from dvc.repo import Repo; r = Repo(sys.argv[1]); "
-            "print(json.dumps([str(o.def_path) for s in r.index.stages for o in s.outs]))")
-    outs = json.loads(run([sys.executable, "-c", code, str(dest)], dest).stdout)
+            "print(json.dumps([[str(o.def_path) for s in r.index.stages for o in s.outs], "
+            "[str(d.def_path) for s in r.index.stages for d in s.deps]]))")
+    outs, deps = json.loads(run([sys.executable, "-c", code, str(dest)], dest).stdout)
     for out in outs:
         path = dest / out
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,11 @@ def stand_in_outputs(dest: Path) -> int:
         else:
             path.mkdir(exist_ok=True)
             (path / "stand-in").write_text("stand-in\n")
+    # a dep on one file inside another stage's output folder (e.g. models/ecg/package.json) needs that file
+    for dep in deps:
+        path = dest / dep
+        if not path.exists() and any(Path(dep).is_relative_to(o) for o in outs if not Path(o).suffix):
+            path.write_text("stand-in\n")
     run([*DVC, "commit", "--force"], dest)
     status = run([*DVC, "status", "--json"], dest).stdout
     assert json.loads(status) == {}, f"{dest}: not up to date after commit: {status[:500]}"
