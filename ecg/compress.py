@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import platform
 import sys
 import time
@@ -40,8 +39,9 @@ import numpy as np
 
 from ecg import dataset, models
 from pipeline import assess, clinical, compress, deploy, tracking
+from pipeline.evaluation import macro_f1
 from pipeline.evaluate import load_params as load_evaluate
-from pipeline.io import atomic_path, ensure_dir, fingerprint, read_json, sha256_file, write_json
+from pipeline.io import atomic_path, ensure_dir, fingerprint, read_json, write_json
 from pipeline.losses import class_weights, make_loss
 from pipeline.params import ParamsError, load_section
 from pipeline.training import FitConfig, fit, predict_probs
@@ -307,7 +307,7 @@ def noise_prediction(model: keras.Model, data: Data, cfg: CompressParams) -> dic
     """The uniform quantization-noise model's predicted int8 effect on the DS1 validation fold (no DS2):
     noise of variance step^2/12 on every kernel (per-channel symmetric steps) and every layer output
     (per-tensor steps), Monte-Carlo over noise_draws; the predicted macro-F1 change is the mean over draws."""
-    f1 = lambda p: clinical.macro_f1(clinical_confusion(data.val.y, p, len(data.classes)), data.score)  # noqa: E731
+    f1 = lambda p: macro_f1(data.val.y, p, data.score)  # noqa: E731
     try:
         pred = deploy.predict_quant_noise(model, data.val.x, bits=8, draws=cfg.noise_draws, seed=cfg.seed,
                                           activations=True)
@@ -320,10 +320,6 @@ def noise_prediction(model: keras.Model, data: Data, cfg: CompressParams) -> dic
             "flip_rate": pred["flip_rate"], "mean_abs_dp": pred["mean_abs_dp"],
             "macro_f1_change": float(np.mean(changes)), "macro_f1_change_sd": float(np.std(changes)),
             "n_beats": int(len(data.val.y))}
-
-
-def clinical_confusion(y, pred, k):
-    return np.bincount(np.asarray(y) * k + np.asarray(pred), minlength=k * k).reshape(k, k).astype(float)
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -389,7 +385,7 @@ def run(cfg: CompressParams, ev, package_dir: Path, data_dir: Path, out_dir: Pat
     # ---- the combination: the smallest distilled student within goal.max_f1_drop of the teacher on
     # validation (the teacher's out-of-fold predictions on the validation fold), else the best one
     t0 = time.perf_counter()
-    teacher_val_f1 = clinical.macro_f1(clinical_confusion(data.val.y, data.soft_val.argmax(1), n_classes), data.score)
+    teacher_val_f1 = macro_f1(data.val.y, data.soft_val.argmax(1), data.score)
     ok = [w for w in sorted(cfg.student.widths) if kd[w][1]["val_macro_f1"] >= teacher_val_f1 - cfg.goal.max_f1_drop]
     w_c = ok[0] if ok else max(cfg.student.widths, key=lambda w: kd[w][1]["val_macro_f1"])
     base_student = kd[w_c][0]
@@ -453,7 +449,7 @@ def run(cfg: CompressParams, ev, package_dir: Path, data_dir: Path, out_dir: Pat
             val_f1 = teacher_val_f1 if v.name == "teacher" else None
         else:
             y_val, probs_val = data.val.y, v.predict(data.val.x)
-            val_f1 = clinical.macro_f1(clinical_confusion(y_val, probs_val.argmax(1), n_classes), data.score)
+            val_f1 = macro_f1(y_val, probs_val.argmax(1), data.score)
         row = {"family": v.family, "description": v.description, "file": str(v.file),
                **score_variant(v, probs, probs_val, y_val, ref_pred, data, ev), "val_macro_f1": val_f1}
         if v.model is not None:
