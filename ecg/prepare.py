@@ -1,7 +1,9 @@
 """Stage prepare_ecg: records -> beat windows, RR features, AAMI labels, DS1/DS2 and folds.
 
 Writes data/ecg/beats.npz (arrays), data/ecg/meta.json (what later stages need to know)
-and the DVC metric reports/ecg/dataset.json.
+and the DVC metric reports/ecg/dataset.json. With --shards DIR it also writes the same beats as a
+pipeline.shards shard set (whole records per shard, index.json with meta.json inside) for streamed
+training; without it the outputs are byte-for-byte what they were.
 """
 from __future__ import annotations
 
@@ -147,7 +149,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="data/ecg")
     ap.add_argument("--metrics", default="reports/ecg/dataset.json")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--shards", default=None, metavar="DIR",
+                    help="also write the beats as shards + index.json here (off by default)")
+    ap.add_argument("--shard-size", type=int, default=0, metavar="N",
+                    help="with --shards: pack whole records into shards of up to N beats (0: one shard per record)")
     args = ap.parse_args(argv)
+    if args.shard_size < 0:
+        ap.error(f"--shard-size must be >= 0, got {args.shard_size}")
     cfg = config.load(args.params)
     out = ensure_dir(args.out)
     ensure_dir(Path(args.metrics).parent)
@@ -159,6 +167,10 @@ def main(argv=None) -> int:
     save_npz(out / "beats.npz", **arrays)
     write_json(out / "meta.json", meta)
     write_json(args.metrics, summary)
+    if args.shards:
+        from pipeline.shards import write_shards  # here: the default path does not import Keras
+        index = write_shards(args.shards, arrays, shard_size=args.shard_size or None, by="record", meta=meta)
+        print(f"prepare_ecg: {index['rows']} beats in {len(index['shards'])} shards under {args.shards}")
     print(f"prepare_ecg: {len(arrays['y'])} beats from {len(meta['leads'])} records in "
           f"{time.perf_counter() - t0:.1f} s; DS1 {summary['DS1']} DS2 {summary['DS2']}")
     return 0
