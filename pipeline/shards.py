@@ -252,14 +252,18 @@ class ShardDataset(keras.utils.PyDataset):
         hold whole groups (`write_shards(..., by=...)`).
     label: the array holding integer class labels. where: row filter (see `row_mask`), applied per shard.
     columns: arrays to read when `features` is a callable (default: all).
+    prefetch: load the next group in a background thread while the current one is consumed; memory is
+        then at most two groups (2 x buffer_shards shards) instead of one.
     Length: ceil(rows passing the filter / batch_size), the same every epoch (only the last batch is short).
-    `set_epoch(e)` selects epoch e's order; `on_epoch_end` (called by Keras) moves to the next epoch.
+    The epoch is chosen by `set_epoch(e)`, never implicitly: Keras calls `on_epoch_end` also when a fit
+    starts, so it is not an epoch counter (pipeline.streaming.fit_stream calls set_epoch before each epoch).
     Access is meant to be sequential (Keras: workers=1, fit(shuffle=False)); random access works but may
-    reload groups. `max_held_shards` records the most shards ever in memory at once.
+    reload groups. `max_held_shards` records the most shards in memory at once (loaded or being loaded).
     """
 
     def __init__(self, path, batch_size: int, n_classes: int, features, label: str = "y", where: dict | None = None,
-                 seed: int = 0, buffer_shards: int = 8, columns=None, verify: bool = True, epoch: int = 0, **kwargs):
+                 seed: int = 0, buffer_shards: int = 8, columns=None, verify: bool = True, epoch: int = 0,
+                 prefetch: bool = False, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1 or buffer_shards < 1:
             raise ValueError(f"batch_size and buffer_shards must be >= 1, got {batch_size}, {buffer_shards}")
@@ -276,22 +280,25 @@ class ShardDataset(keras.utils.PyDataset):
         self.rows = int(self.shard_rows.sum())
         if self.rows == 0:
             raise ShardError(f"{self.shards.path}: no rows pass the filter {where}")
-        self._lock = threading.RLock()
-        self.held_shards = self.max_held_shards = 0
-        self.groups_loaded = 0
+        self.prefetch = bool(prefetch)
+        self._lock, self._count_lock = threading.RLock(), threading.Lock()
+        self._pool = None
+        self._buf = self._pending = None  # ((epoch, group), x, y) / ((epoch, group), future)
+        self.held_shards = self.max_held_shards = self.groups_loaded = 0
+        self.epoch = None
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         with self._lock:
+            if epoch == self.epoch:
+                return
             self.epoch = int(epoch)
             live = np.flatnonzero(self.shard_rows > 0)
             order = live[_rng(self.seed, self.epoch).permutation(len(live))]
             self.groups = [order[i:i + self.buffer_shards] for i in range(0, len(order), self.buffer_shards)]
             self.group_start = np.concatenate([[0], np.cumsum([self.shard_rows[g].sum() for g in self.groups])])
             self._release()
-
-    def on_epoch_end(self):
-        self.set_epoch(self.epoch + 1)
+            self._schedule(0)
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
@@ -318,34 +325,79 @@ class ShardDataset(keras.utils.PyDataset):
             y = np.concatenate([p[1] for p in pieces])
         return x, keras.utils.to_categorical(y, self.n_classes)
 
-    # -- one group in memory ---------------------------------------------------------------------------
+    # -- one group in memory (two with prefetch) -------------------------------------------------------
+    def _held(self, delta: int) -> None:
+        with self._count_lock:
+            self.held_shards += delta
+            self.max_held_shards = max(self.max_held_shards, self.held_shards)
+
+    def _drop_current(self) -> None:
+        if self._buf is not None:
+            self._held(-self._buf[3])
+            self._buf = None
+
     def _release(self) -> None:
-        self._buf = None
-        self.held_shards = 0
+        self._drop_current()
+        if self._pending is not None:
+            _, future, n = self._pending
+            self._pending = None
+            if not future.cancel():  # running or done: wait, and uncount its shards if it loaded them
+                if future.exception() is None:
+                    self._held(-n)
+
+    def _schedule(self, g: int) -> None:
+        """With prefetch: start loading group g of this epoch in the background."""
+        if not self.prefetch or g >= len(self.groups) or self._pending is not None:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
+        key, ids = (self.epoch, g), self.groups[g]
+        self._pending = (key, self._pool.submit(self._load, key, ids), len(ids))
 
     def _group(self, g: int):
-        if self._buf is not None and self._buf[0] == (self.epoch, g):
+        key = (self.epoch, g)
+        if self._buf is not None and self._buf[0] == key:
             return self._buf[1], self._buf[2]
-        self._release()  # before loading the next group: never two groups at once
+        if self._pending is not None and self._pending[0] == key:
+            _, future, n = self._pending
+            self._pending = None
+            self._drop_current()
+            x, y = future.result()
+        else:
+            self._release()  # before loading the next group: never two groups at once (without prefetch)
+            n = len(self.groups[g])
+            x, y = self._load(key, self.groups[g])
+        self._buf = (key, x, y, n)
+        self._schedule(g + 1)
+        return x, y
+
+    def _load(self, key, shard_ids):
+        """The group's rows: each shard loaded, filtered, turned into inputs; then shuffled together."""
+        epoch, g = key
         xs, ys = [], []
-        for s in self.groups[g]:
-            arrays = self.shards.load(int(s), self.columns)
-            self.held_shards += 1
-            self.max_held_shards = max(self.max_held_shards, self.held_shards)
-            m = row_mask(arrays, self.where)
-            if not m.all():
-                arrays = {k: v[m] for k, v in arrays.items()}
-            x = self._features(arrays)
-            y = np.asarray(arrays[self.label])
-            bad = {k: v.shape for k, v in x.items() if len(v) != len(y)}
-            if bad:
-                raise ShardError(f"{self.shards.path / self.shards.index['shards'][s]['file']}: features {bad} "
-                                 f"do not match its {len(y)} rows")
-            xs.append(x)
-            ys.append(y)
-        perm = _rng(self.seed, self.epoch, g + 1).permutation(sum(len(y) for y in ys))
+        try:
+            for s in shard_ids:
+                arrays = self.shards.load(int(s), self.columns)
+                self._held(+1)
+                ys.append(None)
+                m = row_mask(arrays, self.where)
+                if not m.all():
+                    arrays = {k: v[m] for k, v in arrays.items()}
+                x = self._features(arrays)
+                y = np.asarray(arrays[self.label])
+                bad = {k: v.shape for k, v in x.items() if len(v) != len(y)}
+                if bad:
+                    raise ShardError(f"{self.shards.path / self.shards.index['shards'][s]['file']}: features {bad} "
+                                     f"do not match its {len(y)} rows")
+                xs.append(x)
+                ys[-1] = y
+        except BaseException:
+            self._held(-len(ys))
+            raise
+        perm = _rng(self.seed, epoch, g + 1).permutation(sum(len(y) for y in ys))
         x = {k: np.concatenate([p[k] for p in xs])[perm] for k in xs[0]}
         y = np.concatenate(ys)[perm]
-        self._buf = ((self.epoch, g), x, y)
-        self.groups_loaded += 1
+        with self._count_lock:
+            self.groups_loaded += 1
         return x, y
