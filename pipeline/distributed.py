@@ -15,7 +15,9 @@ TF_CONFIG (or with a one-task cluster) that is exactly `python -m <module> <args
   exchanges gradients). `predict` gathers every worker's share, so each worker computes the same validation
   macro-F1 and takes the same early-stopping and checkpoint decisions.
 * JAX backend: `keras.distribution.initialize` (from TF_CONFIG: the chief's address is the coordinator) and
-  `keras.distribution.DataParallel` over all processes' devices.
+  `keras.distribution.DataParallel` over all processes' devices. Keras treats a numpy batch as one process's
+  share, so each process feeds its contiguous share of every global batch, and predictions (global arrays
+  spread over the processes) are all-gathered on every process (`_share_batches_across_processes`).
 * Chief-only writing: the chief (task `chief`, or `worker` 0 when the cluster has no chief) runs in the project
   root and writes the real outputs, checkpoints and MLflow runs. Every other worker runs in its own folder,
   `.distributed/<type>-<index>/`, whose inputs are links to the project's (code, params.yaml, data/) and whose
@@ -223,12 +225,62 @@ def check_same_checkpoints(strategy, digest: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ JAX
 def jax_initialize(task: Task) -> None:
+    """JAX processes: one coordinator (the chief's address), DataParallel over every process's devices."""
     import keras
-    host = task.workers[0].rsplit(":", 1)[0]
-    port = int(task.workers[0].rsplit(":", 1)[1])
-    keras.distribution.initialize(job_addresses=f"{host}:{port}", num_processes=task.size,
+    keras.distribution.initialize(job_addresses=task.workers[0], num_processes=task.size,
                                   process_id=task.process_id)
-    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    distribution = keras.distribution.DataParallel()
+    distribution.auto_shard_dataset = False  # the stages feed numpy batches: each process takes its share below
+    keras.distribution.set_distribution(distribution)
+    _share_batches_across_processes(task.size, task.process_id)
+
+
+def _share_batches_across_processes(n: int, pid: int) -> None:
+    """Each JAX process gets the same global batch from the stage; feed only this process's contiguous share, so
+    the global array JAX assembles (process order) is that batch. A batch that does not split evenly (an epoch's
+    last) is fed whole by every process: the duplicated rows leave every mean-reduced loss and gradient
+    unchanged."""
+    import keras
+    import numpy as np
+    from keras.src.backend.jax import trainer
+
+    if getattr(trainer, "_pipeline_shared", False):
+        return
+    upstream = trainer._distribute_data
+
+    def share(data, layouts=None):
+        leaves = [d for d in keras.tree.flatten(data) if d is not None]
+        rows = {int(np.shape(d)[0]) for d in leaves}
+        if len(rows) == 1 and (size := rows.pop()) % n == 0:
+            lo, hi = pid * size // n, (pid + 1) * size // n
+            data = keras.tree.map_structure(lambda d: None if d is None else d[lo:hi], data)
+        return upstream(data, layouts)
+
+    upstream_make = trainer.JAXTrainer.make_predict_function
+
+    def make_predict_function(self, force=False):
+        # each predict batch comes back as a global array spread over the processes: gather it on every process
+        import jax
+        from jax.experimental import multihost_utils
+        upstream_make(self, force)
+        step = self.predict_function
+        if getattr(step, "_gathered", False):
+            return step
+
+        def gathered(state, iterator):
+            outputs, state = step(state, iterator)
+            outputs = keras.tree.map_structure(
+                lambda v: multihost_utils.process_allgather(v, tiled=True)
+                if isinstance(v, jax.Array) and not v.is_fully_addressable else v, outputs)
+            return outputs, state
+
+        gathered._gathered = True
+        self.predict_function = gathered
+        return gathered
+
+    trainer._distribute_data = share
+    trainer.JAXTrainer.make_predict_function = make_predict_function
+    trainer._pipeline_shared = True
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -156,8 +156,8 @@ def free_ports(n):
 
 def env_for(root: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
-               CUDA_VISIBLE_DEVICES="", **extra)
+    env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
+                "CUDA_VISIBLE_DEVICES": "", **extra})
     return env
 
 
@@ -328,3 +328,44 @@ def test_fit_loop_under_two_workers_is_exact(tmp_path):
         for key in a.files:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
             np.testing.assert_array_equal(b[key], w[key], err_msg=key)  # the workers hold the same model
+
+
+def jax_python() -> str | None:
+    """An interpreter with JAX (the project's own when JAX is installed, or PIPELINE_JAX_PYTHON), else None."""
+    exe = os.environ.get("PIPELINE_JAX_PYTHON") or sys.executable
+    ok = subprocess.run([exe, "-c", "import jax, keras"], capture_output=True,
+                        env={**os.environ, "KERAS_BACKEND": "jax"}).returncode == 0
+    return exe if ok else None
+
+
+@pytest.mark.slow
+def test_fit_loop_under_two_jax_processes_is_exact(tmp_path):
+    """The JAX path: keras.distribution.initialize + DataParallel over 2 processes on 127.0.0.1, each feeding its
+    share of every batch; predictions gathered on every process. Equal to one JAX process to float rounding.
+    Skipped where JAX is not installed (the project's CI runs TensorFlow); run it with PIPELINE_JAX_PYTHON set to
+    an interpreter that has jax and keras."""
+    exe = jax_python()
+    if exe is None:
+        pytest.skip("JAX is not installed (set PIPELINE_JAX_PYTHON to an interpreter with jax + keras)")
+    for name in ("single", "multi"):
+        (tmp_path / name / "logs").mkdir(parents=True)
+        (tmp_path / name / "fitstage.py").write_text(FIT_STAGE)
+
+    def env(root, **kw):
+        e = env_for(root, KERAS_BACKEND="jax", **kw)
+        e["PYTHONPATH"] = f"{ROOT}{os.pathsep}{root}"
+        return e
+
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    done = subprocess.run([exe, "-m", "pipeline.distributed", "fitstage"], cwd=single, env=env(single),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ports = free_ports(2)
+    procs = [subprocess.Popen([exe, "-m", "pipeline.distributed", "fitstage"], cwd=multi,
+                              env=env(multi, TF_CONFIG=tf_config(2, i, ports)),
+                              stdout=open(multi / f"logs/worker{i}.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True) for i in range(2)]
+    wait_all(procs, multi / "logs")
+    with np.load(single / "artifacts/out.npz") as a, np.load(multi / "artifacts/out.npz") as b:
+        for key in a.files:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
