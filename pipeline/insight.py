@@ -14,6 +14,26 @@ import keras
 from pipeline.analysis import is_relu
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu")
+_LEAKY: dict = {}
+
+
+def leaky_relu_fn(negative_slope: float = 0.01):
+    """A named, registered leaky ReLU of a fixed slope, for Dense/Conv layers' `activation` (a lambda would not
+    survive model.save / load_model). A process that loads such a model calls this with the same slope first
+    (0.01 is registered on import)."""
+    slope = float(negative_slope)
+    if slope not in _LEAKY:
+        name = f"leaky_relu_{slope:g}".replace(".", "p").replace("-", "m")
+
+        def fn(x):
+            return keras.activations.leaky_relu(x, negative_slope=slope)
+
+        fn.__name__ = name
+        _LEAKY[slope] = keras.saving.register_keras_serializable(package="pipeline_insight", name=name)(fn)
+    return _LEAKY[slope]
+
+
+leaky_relu_fn(0.01)
 
 
 def _replacement(layer, activation: str, negative_slope: float):
@@ -25,11 +45,7 @@ def _replacement(layer, activation: str, negative_slope: float):
             return keras.layers.LeakyReLU(negative_slope=negative_slope, name=layer.name)
         return keras.layers.Activation(activation, name=layer.name)
     cfg = layer.get_config()
-    if activation == "leaky_relu":
-        slope = float(negative_slope)
-        cfg["activation"] = lambda x: keras.activations.leaky_relu(x, negative_slope=slope)
-    else:
-        cfg["activation"] = activation
+    cfg["activation"] = leaky_relu_fn(negative_slope) if activation == "leaky_relu" else activation
     return layer.__class__.from_config(cfg)
 
 

@@ -19,7 +19,7 @@ def tiny():
     return keras.Model(x, keras.layers.Dense(3, activation="softmax", name="probs")(h), name="tiny")
 
 
-def test_every_relu_replaced_and_the_rest_kept():
+def test_every_relu_replaced_and_the_rest_kept(tmp_path):
     m = tiny()
     assert len(relu_layers(m)) == 4
     leaky = with_activation(m, "leaky_relu", negative_slope=0.1)
@@ -35,6 +35,10 @@ def test_every_relu_replaced_and_the_rest_kept():
     d = leaky.get_layer("c2").activation(keras.ops.convert_to_tensor(np.array([-2.0, 3.0], "float32")))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(d), [-0.2, 3.0], rtol=1e-6)
     assert leaky.predict(x, verbose=0).shape == (8, 3)
+    path = tmp_path / "leaky.keras"  # it saves and reloads (no lambda in the config)
+    leaky.save(path)
+    again = keras.models.load_model(path)
+    np.testing.assert_allclose(again.predict(x, verbose=0), leaky.predict(x, verbose=0), rtol=1e-6)
     gelu = with_activation(m, "gelu")
     assert gelu.get_layer("r2").get_config()["activation"] == "gelu"
 
