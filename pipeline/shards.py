@@ -373,31 +373,41 @@ class ShardDataset(keras.utils.PyDataset):
         return x, y
 
     def _load(self, key, shard_ids):
-        """The group's rows: each shard loaded, filtered, turned into inputs; then shuffled together."""
+        """The group's rows: each shard loaded, filtered and turned into inputs, its rows scattered straight
+        to their shuffled places (a permutation seeded by (seed, epoch, group)); one group-sized copy."""
         epoch, g = key
-        xs, ys = [], []
+        total = int(self.shard_rows[shard_ids].sum())
+        dest = _rng(self.seed, epoch, g + 1).permutation(total)
+        x_out = y_out = None
+        off = counted = 0
         try:
             for s in shard_ids:
+                f = self.shards.path / self.shards.index["shards"][s]["file"]
                 arrays = self.shards.load(int(s), self.columns)
                 self._held(+1)
-                ys.append(None)
+                counted += 1
                 m = row_mask(arrays, self.where)
                 if not m.all():
                     arrays = {k: v[m] for k, v in arrays.items()}
-                x = self._features(arrays)
-                y = np.asarray(arrays[self.label])
+                x, y = self._features(arrays), np.asarray(arrays[self.label])
+                del arrays
                 bad = {k: v.shape for k, v in x.items() if len(v) != len(y)}
-                if bad:
-                    raise ShardError(f"{self.shards.path / self.shards.index['shards'][s]['file']}: features {bad} "
-                                     f"do not match its {len(y)} rows")
-                xs.append(x)
-                ys[-1] = y
+                if bad or len(y) != self.shard_rows[s]:
+                    raise ShardError(f"{f}: {len(y)} rows pass the filter now, {self.shard_rows[s]} did when the "
+                                     f"dataset was opened; features {bad or 'ok'}")
+                if x_out is None:
+                    x_out = {k: np.empty((total, *v.shape[1:]), v.dtype) for k, v in x.items()}
+                    y_out = np.empty(total, y.dtype)
+                if set(x) != set(x_out):
+                    raise ShardError(f"{f}: features gave inputs {sorted(x)}, other shards {sorted(x_out)}")
+                idx = dest[off:off + len(y)]
+                for k, v in x.items():
+                    x_out[k][idx] = v
+                y_out[idx] = y
+                off += len(y)
         except BaseException:
-            self._held(-len(ys))
+            self._held(-counted)
             raise
-        perm = _rng(self.seed, epoch, g + 1).permutation(sum(len(y) for y in ys))
-        x = {k: np.concatenate([p[k] for p in xs])[perm] for k in xs[0]}
-        y = np.concatenate(ys)[perm]
         with self._count_lock:
             self.groups_loaded += 1
-        return x, y
+        return x_out, y_out
