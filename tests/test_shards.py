@@ -261,3 +261,36 @@ def test_fit_stream_trains_and_resumes_to_the_same_weights(tmp_path):
     last = [keras.models.load_model(training._units(d)[0][1] / "model.keras") for d in (tmp_path / "ref", tmp_path / "cut")]
     for a, b in zip(*(m.get_weights() for m in last)):
         assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------ prepare --shards
+def test_prepare_shards_flag_writes_whole_records_and_leaves_outputs_identical(tmp_path):
+    from ecg import prepare
+    from pipeline.io import sha256_file
+    from tests.test_ecg_data import make_record, write_params
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("101", "106", "100", "103"):
+        make_record(raw, name, seconds=20)
+    (raw / "RECORDS").write_text("100\n101\n103\n106\n")
+    params = write_params(tmp_path / "params.yaml", records="all", n_folds=2)
+
+    def run(tag, *extra):
+        prepare.main(["--params", str(params), "--raw", str(raw), "--out", str(tmp_path / tag),
+                      "--metrics", str(tmp_path / tag / "dataset.json"), "--workers", "1", *extra])
+        return {n: sha256_file(tmp_path / tag / n) for n in ("beats.npz", "meta.json")}
+
+    plain = run("plain")
+    assert not list(tmp_path.glob("**/index.json"))
+    assert run("sharded", "--shards", str(tmp_path / "shards")) == plain  # same bytes with the flag
+    s = ShardSet(tmp_path / "shards")
+    with np.load(tmp_path / "plain" / "beats.npz") as z:
+        beats = {k: z[k] for k in z.files}
+    got = [s.load(i) for i in range(len(s))]
+    assert [np.unique(g["record"]).tolist() for g in got] == [[101], [106], [100], [103]]  # one record per shard
+    for k, v in beats.items():
+        assert np.array_equal(np.concatenate([g[k] for g in got]), v)
+    assert s.meta == json.loads((tmp_path / "plain" / "meta.json").read_text())
+    run("packed", "--shards", str(tmp_path / "packed"), "--shard-size", "100000")
+    assert len(ShardSet(tmp_path / "packed")) == 1
