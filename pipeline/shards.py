@@ -14,9 +14,10 @@ half-way has no index and is refused by the reader: a half-written shard set nev
 Streaming (`ShardDataset`): per epoch, the order of the shards is a permutation seeded by (seed, epoch);
 the shards are taken in groups of `buffer_shards`; the rows of one group are loaded, filtered, turned
 into model inputs and shuffled together (seed, epoch, group); batches are cut from the epoch's stream of
-rows, group after group. Only one group is in memory at a time (plus, while a batch straddles two
-groups, fewer than `batch_size` rows of the previous one); nothing of size O(total rows) is ever built,
-only O(shards) bookkeeping. Every epoch is a pure function of (seed, epoch), like
+rows, group after group, so every batch but the last is full and the length is the same every epoch.
+Only one group is in memory at a time (two with prefetch=True; plus, while a batch straddles two groups,
+fewer than `batch_size` rows of the previous one); nothing of size O(total rows) is ever built, only
+O(shards) bookkeeping. Every epoch is a pure function of (seed, epoch), like
 pipeline.training.epoch_order for in-memory arrays.
 """
 from __future__ import annotations
