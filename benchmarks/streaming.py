@@ -7,7 +7,8 @@ through fit_stream for one full epoch on DS1 folds 1-3 (validation fold 0, kept 
 11.6k beats at every scale), and reports its peak RSS (getrusage ru_maxrss) and training beats/s. The
 in-memory path (pipeline.training.fit on arrays from ecg.dataset.load_inputs, as train_ecg does) runs
 at 1x. The 1x pair is run `--reps` times alternately and the median beats/s of each kept (the cores are
-shared); beats per CPU-second (process CPU time, all threads) is reported too, as the cost per beat. beats/s "steady" leaves out the first 11 batches (graph tracing); "epoch" is the whole epoch.
+shared); beats per CPU-second (process CPU time, all threads) is reported too, as the cost per beat.
+beats/s "steady" leaves out the first 11 batches (graph tracing); "epoch" is the whole epoch.
 
 Verdicts: streamed peak RSS at 20x within 20% of 1x; streamed steady beats/s at 1x within 20% of in-memory.
 
@@ -241,13 +242,14 @@ def main() -> None:
         best[(mode, scale)] = b
         disk = f"{b['disk_mb']:.0f}" if b["disk_mb"] else "-"
         say(f"{mode:<8}{scale:>5}x{b['train_beats']:>12,}{b['shards'] or '-':>8}{disk:>9}{b['peak_rss_mb']:>13,.0f}"
-            f"{b['peak_rss_mb'] - b['rss_start_mb']:>9,.0f}{b['steady_beats_s']:>12,.0f}{b['epoch_beats_s']:>11,.0f}{b['beats_per_cpu_s']:>9,.0f}"
+            f"{b['peak_rss_mb'] - b['rss_start_mb']:>9,.0f}{b['steady_beats_s']:>12,.0f}"
+            f"{b['epoch_beats_s']:>11,.0f}{b['beats_per_cpu_s']:>9,.0f}"
             f"{b['val_macro_f1']:>8.3f}{len(rs):>6}")
     say("peak RSS: ru_maxrss of the training process (the worst of its runs); data MB: peak RSS minus the RSS "
         "after imports,\nbefore any data was read (TensorFlow + Keras alone take the rest); steady b/s: training "
-        "beats/s after the first\n11 batches; epoch b/s: the whole epoch incl. graph tracing; b/CPU-s: steady beats per "
-        "second of process CPU time\n(all threads, prefetch included: the cost, less sensitive to other jobs than "
-        "wall time); val F1: DS1 fold 0\nmacro-F1 after the epoch; speeds are the median of the runs")
+        "beats/s after the first\n11 batches; epoch b/s: the whole epoch incl. graph tracing; b/CPU-s: steady "
+        "beats per second of process CPU time\n(all threads, prefetch included: the cost, less sensitive to other "
+        "jobs than wall time); val F1: DS1 fold 0\nmacro-F1 after the epoch; speeds are the median of the runs")
     say()
     for (mode, scale), rs in results.items():
         say(f"{mode} {scale}x runs: steady beats/s " + ", ".join(f"{r['steady_beats_s']:,.0f}" for r in rs)

@@ -258,7 +258,8 @@ def test_fit_stream_trains_and_resumes_to_the_same_weights(tmp_path):
     assert state2 == state
     for a, b in zip(best.get_weights(), best2.get_weights()):
         assert np.array_equal(a, b)
-    last = [keras.models.load_model(training._units(d)[0][1] / "model.keras") for d in (tmp_path / "ref", tmp_path / "cut")]
+    last = [keras.models.load_model(training._units(d)[0][1] / "model.keras")
+            for d in (tmp_path / "ref", tmp_path / "cut")]
     for a, b in zip(*(m.get_weights() for m in last)):
         assert np.array_equal(a, b)
 
