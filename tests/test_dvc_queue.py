@@ -58,7 +58,9 @@ try:
         tracking.log_metrics(mlflow, {"score": score})
         for step in range(p["steps"]):          # per-epoch style writes, so concurrent runs interleave
             mlflow.log_metric("curve", score * step, step=step)
+        mlflow.log_text(f"lr={p['lr']}", "note.txt")  # an artifact, as the stages log figures and models
         record["run_id"] = mlflow.active_run().info.run_id
+        record["artifact_uri"] = mlflow.active_run().info.artifact_uri
 except Exception as exc:                       # recorded, not raised: the test counts what landed
     record["error"] = f"{type(exc).__name__}: {exc}"[:500]
 record["end"] = time.time()
@@ -160,12 +162,15 @@ def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
     _run(repo, env, DVC, "init", "-q")
     _run(repo, env, "git", "add", "-A")
     _run(repo, env, "git", "commit", "-qm", "tiny project")
-    # Create the shared store (MLflow's schema migrations) ONCE before any worker starts: on a fresh
-    # sqlite file, two runs starting together both migrate it and corrupt it (readme-queue.md).
-    # QUEUE_TEST_FRESH_STORE=1 leaves that out, to reproduce it: the test then reports what landed.
+    # Create the shared store and the experiment ONCE, in the workspace, before any worker starts:
+    # - on a fresh sqlite file, two runs starting together both run MLflow's schema migrations and
+    #   break them ("table _alembic_tmp_tags already exists");
+    # - an experiment created by a queued run gets its artifact location inside that run's throwaway
+    #   copy, so every later run's artifacts in it would be deleted too.
+    # QUEUE_TEST_FRESH_STORE=1 leaves this out, to reproduce both: the test then reports what landed.
     fresh = os.environ.get("QUEUE_TEST_FRESH_STORE") == "1"
     if not fresh:
-        _run(repo, env, sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()")
+        _run(repo, env, sys.executable, "-c", "import mlflow; mlflow.set_experiment('queue-test')")
 
     for lr in GRID:
         _run(repo, env, DVC, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-n", f"lr-{lr}")
@@ -210,15 +215,18 @@ def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
     # The grid, with one absolute MLFLOW_TRACKING_URI: every run lands in that one store.
     shared = [by_exp[f"lr-{lr}"] for lr in GRID]
     if fresh:
-        print("fresh store:", [(r["exp"], r.get("error", "ok")[:120]) for r in shared])
+        print("fresh store:", [(r["exp"], r.get("error", "ok")[:120], r.get("artifact_uri")) for r in shared])
         return
     assert all(r["uri"] == uri and "error" not in r for r in shared), shared
     runs = _mlflow_runs(uri)
     assert sorted(r.data.params["lr"] for r in runs) == [str(lr) for lr in GRID]
     assert sorted(r.data.tags.get("pipeline.dvc_exp") for r in runs) == sorted(f"lr-{lr}" for lr in GRID)
     from mlflow.tracking import MlflowClient
-    for run in runs:  # every per-step write of every run landed
+    for run in runs:  # every per-step write of every run landed, and its artifact outlived the copy
         assert len(MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "curve")) == STEPS
+        artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert artifacts.is_relative_to(repo / "mlruns"), artifacts
+        assert (artifacts / "note.txt").read_text() == f"lr={run.data.params['lr']}"
 
     # The probe, on the default store: it resolved inside its throwaway copy, which is gone.
     probe = by_exp["probe"]
