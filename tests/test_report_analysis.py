@@ -323,3 +323,12 @@ def test_odd_shapes_render_without_crashing(tmp_path, arm, path, edit):
     page, _ = _section(html, "analysis" if arm == "ecg" else "vision-analysis")
     assert "could not be read" not in page.text and "Not shown" not in page.text
     assert page.ids   # something of the file is still shown
+
+
+def test_generic_table_shows_values_with_their_ci():
+    from pipeline.report.sections import _table
+    t = _table({"eps0": {"temperature": 1.2, "ece": {"value": 0.1, "ci95": {"lo": 0.05, "hi": 0.2}}},
+                "eps1": {"ece": {"value": None, "ci95": None}}}, {})
+    assert [c for c, _ in t["columns"]] == ["temperature", "ece"]
+    assert t["rows"][0]["cells"]["ece"] == "0.1 (0.05 to 0.2)"
+    assert t["rows"][1]["cells"] == {"temperature": None, "ece": "n/a"}

@@ -544,16 +544,28 @@ def _robustness(d: dict, labels: dict) -> dict | None:
             "kinds": tables, "summary": summary}
 
 
+def _cell_text(x) -> str | None:
+    """A table cell: a value with its 95% CI ({"value", "ci95"|"ci"}) as "v (lo to hi)", else _scalar_text."""
+    if isinstance(x, dict) and "value" in x and ("ci95" in x or "ci" in x):
+        vc = _value_ci(x)
+        if vc is None:
+            return "n/a"
+        text = _scalar_text(vc["value"])
+        ci = vc["ci"]
+        return f"{text} ({_scalar_text(ci['lo'])} to {_scalar_text(ci['hi'])})" if ci else text
+    return _scalar_text(x)
+
+
 def _table(part, labels: dict) -> dict | None:
-    """A dict of dicts as a table (rows: its keys; columns: the scalar entries), or a dict of scalars as
-    one line; None when it is neither."""
+    """A dict of dicts as a table (rows: its keys; columns: the scalar entries and values with CIs), or a dict
+    of scalars as one line; None when it is neither."""
     if not isinstance(part, dict) or not part:
         return None
     if all(isinstance(v, dict) for v in part.values()):
-        cols = list(dict.fromkeys(k for v in part.values() for k, x in v.items() if _scalar_text(x) is not None))
+        cols = list(dict.fromkeys(k for v in part.values() for k, x in v.items() if _cell_text(x) is not None))
         if not cols:
             return None
-        rows = [{"label": str(r), "cells": {c: _scalar_text(v[c]) if c in v else None for c in cols}}
+        rows = [{"label": str(r), "cells": {c: _cell_text(v[c]) if c in v else None for c in cols}}
                 for r, v in part.items()]
         return {"columns": [(c, _label(labels, c)) for c in cols], "rows": rows, "line": None}
     items = [(k, _scalar_text(v)) for k, v in part.items()]
