@@ -12,18 +12,24 @@ MLflow under the queue (what this test measures, /work/notes/readme-queue.md has
   default store, sqlite:///mlflow.db resolved against the working directory, therefore lands in that
   copy and is deleted with it: the probe experiment (no MLFLOW_TRACKING_URI) logs to a store that is
   gone when the queue has finished, and the project's own mlflow.db never sees the run.
-* With MLFLOW_TRACKING_URI set (in the environment of `dvc queue start`, which the workers and their
-  experiments inherit) to ONE absolute sqlite file, every run of the grid lands there, tagged with its
-  DVC experiment name, also with two workers writing at once.
+* With MLFLOW_TRACKING_URI set (exported before `dvc exp run --queue` and `dvc queue start`) to ONE
+  absolute sqlite file, or to an `mlflow server`, and the store and experiment created beforehand in the
+  workspace, every run of the grid lands there with all its per-step metrics and its artifact, tagged
+  with its DVC experiment name, with two workers writing at once.
+* Without that preparation, concurrent first use races (QUEUE_TEST_FRESH_STORE=1 shows it): schema
+  migrations of a fresh sqlite store, experiment creation (a run lands in "Default"), and artifacts of an
+  experiment created inside a throwaway copy.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -144,13 +150,70 @@ def _mlflow_runs(uri: str) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id])
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(folder: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a free local port (own process group), sqlite backend, proxied artifacts."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'store' / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=folder, env=env, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
+                if r.status == 200:
+                    return server, uri
+        except OSError:
+            time.sleep(1)
+    _stop_server(server)
+    raise AssertionError(f"mlflow server did not answer in 180 s:\n{(folder / 'server.log').read_text()[-3000:]}")
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
+@pytest.mark.parametrize("store_kind", ["sqlite", "server"])
+def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path, store_kind):
+    """store_kind "sqlite": MLFLOW_TRACKING_URI = one absolute sqlite file. "server": an `mlflow server`
+    (sqlite behind it, --artifacts-destination: it migrates the store once and stores artifacts itself).
+    Either way the experiment is created in the workspace before the workers start."""
     repo, log, store = tmp_path / "proj", tmp_path / "log", tmp_path / "store" / "mlflow.db"
     repo.mkdir()
     store.parent.mkdir()
-    uri = f"sqlite:///{store}"
+    server = None
+    if store_kind == "server":
+        server, uri = _start_server(tmp_path, _env({}))
+    else:
+        uri = f"sqlite:///{store}"
+    try:
+        _queue_grid(tmp_path, repo, log, store_kind, uri)
+    finally:
+        if server is not None:
+            _stop_server(server)
+
+
+def _queue_grid(tmp_path: Path, repo: Path, log: Path, store_kind: str, uri: str) -> None:
     env = _env({"MLFLOW_TRACKING_URI": uri, "QUEUE_TEST_LOG": str(log)})
     (repo / "train.py").write_text(STAGE_SCRIPT)
     (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.01, "width": 1, "steps": STEPS, "store": "shared"}}))
@@ -162,12 +225,14 @@ def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
     _run(repo, env, DVC, "init", "-q")
     _run(repo, env, "git", "add", "-A")
     _run(repo, env, "git", "commit", "-qm", "tiny project")
-    # Create the shared store and the experiment ONCE, in the workspace, before any worker starts:
+    # Create the store and the experiment ONCE, in the workspace, before any worker starts:
     # - on a fresh sqlite file, two runs starting together both run MLflow's schema migrations and
     #   break them ("table _alembic_tmp_tags already exists");
-    # - an experiment created by a queued run gets its artifact location inside that run's throwaway
-    #   copy, so every later run's artifacts in it would be deleted too.
-    # QUEUE_TEST_FRESH_STORE=1 leaves this out, to reproduce both: the test then reports what landed.
+    # - two runs creating a new experiment together: MLflow's set_experiment lets the loser of the
+    #   race go on without activating the experiment, so its run lands in "Default" (seen with the server);
+    # - with a file artifact store, an experiment created by a queued run gets its artifact location
+    #   inside that run's throwaway copy, so every later run's artifacts in it are deleted too.
+    # QUEUE_TEST_FRESH_STORE=1 leaves this out, to reproduce them: the test then reports what landed.
     fresh = os.environ.get("QUEUE_TEST_FRESH_STORE") == "1"
     if not fresh:
         _run(repo, env, sys.executable, "-c", "import mlflow; mlflow.set_experiment('queue-test')")
@@ -224,8 +289,12 @@ def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
     from mlflow.tracking import MlflowClient
     for run in runs:  # every per-step write of every run landed, and its artifact outlived the copy
         assert len(MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "curve")) == STEPS
-        artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
-        assert artifacts.is_relative_to(repo / "mlruns"), artifacts
+        if store_kind == "server":  # proxied: mlflow-artifacts:/..., stored under --artifacts-destination
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+            artifacts = next((tmp_path / "artifacts").glob(f"*/{run.info.run_id}/artifacts"))
+        else:
+            artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+            assert artifacts.is_relative_to(repo / "mlruns"), artifacts
         assert (artifacts / "note.txt").read_text() == f"lr={run.data.params['lr']}"
 
     # The probe, on the default store: it resolved inside its throwaway copy, which is gone.
@@ -234,5 +303,5 @@ def test_queue_runs_grid_in_parallel_and_mlflow_lands_in_one_store(tmp_path):
     assert probe_db.startswith(probe["cwd"]) and "run_id" in probe, probe
     assert not Path(probe_db).exists(), f"{probe_db} outlived its experiment"
     assert not (repo / "mlflow.db").exists()
-    print(f"queue: {len(records)} experiments, 2 workers, {wall:.0f} s wall; runs overlapped: {overlapping}; "
+    print(f"queue ({store_kind}): {len(records)} experiments, 2 workers, {wall:.0f} s wall; runs overlapped: {overlapping}; "
           f"shared store runs: {len(runs)}")
