@@ -246,3 +246,21 @@ def test_peak_table_matches_card_names():
     assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB")[0] == 312.0
     assert gpu.peak_tflops("NVIDIA L40S")[0] == 362.0 and gpu.peak_tflops("NVIDIA L4")[0] == 121.0
     assert gpu.peak_tflops("CPU (x86_64)") == (None, None)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_workload(tmp_path):
+    """`benchmarks/gpu.py --quick` (the CPU check of the GPU script, ~20 s) measures every workload and
+    writes its table and JSON; on this backend, whatever it is."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--quick", "--out", str(tmp_path / "t.md"),
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads((tmp_path / "r.json").read_text())
+    rows = out["rows"]
+    assert [r["workload"].split(" ")[:2] for r in rows] == [["ECG", "lenet1d"], ["ECG", "dilated1d"], ["VGG16", "32px"]]
+    assert all("error" not in r and r["rate"] > 0 and np.isfinite(r["final_loss"]) for r in rows), rows
+    assert 0.62 < rows[2]["forward_gflop"] < 0.64  # VGG16 convs at 32 px: (32/224)^2 x 30.7 GFLOP
+    table = (tmp_path / "t.md").read_text()
+    assert "QUICK MODE" in table and out["card"] in table and out["backend"] in table
