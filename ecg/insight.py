@@ -65,6 +65,7 @@ class InsightParams:
     fit: FitConfig = field(default_factory=_default_fit)
     train_beats: int | None = None       # class-preserving subsample of the DS1 training beats (null: all)
     smoothing: tuple[float, ...] = (0.0, 0.05, 0.1)
+    smoothing_loss: str | None = None     # loss of the smoothing sweep (null: the base run's; e.g. ce as a control)
     leaky_slope: float = 0.01
     kernel: KernelStudy = field(default_factory=KernelStudy)
     dead_beats: int | None = None         # DS1 beats probed for dead units (null: every DS1 beat)
@@ -76,6 +77,9 @@ class InsightParams:
             raise ParamsError(f"{SECTION}.smoothing must list 0.0 (the reference), got {list(self.smoothing)}")
         if any(not 0 <= e < 1 for e in self.smoothing) or len(set(self.smoothing)) != len(self.smoothing):
             raise ParamsError(f"{SECTION}.smoothing: distinct values in [0, 1), got {list(self.smoothing)}")
+        from pipeline.losses import LOSSES
+        if self.smoothing_loss is not None and self.smoothing_loss not in LOSSES:
+            raise ParamsError(f"{SECTION}.smoothing_loss: null or one of {list(LOSSES)}, got {self.smoothing_loss!r}")
         if not 0 < self.leaky_slope < 1:
             raise ParamsError(f"{SECTION}.leaky_slope must be in (0, 1), got {self.leaky_slope}")
         if self.train_beats is not None and self.train_beats < 10:
@@ -94,8 +98,9 @@ def load(path) -> InsightParams:
 # --------------------------------------------------------------------------------------------- base
 
 
-def _eps_name(eps: float) -> str:
-    return f"eps={eps:g}"
+def _eps_name(eps: float, loss: str | None = None) -> str:
+    """Variant name of a smoothing fit: eps=<eps> with the base loss, <loss>_eps=<eps> with another."""
+    return f"eps={eps:g}" if loss is None else f"{loss}_eps={eps:g}"
 
 
 @dataclass
@@ -338,12 +343,15 @@ def build_base(base: Base, data: Data):
     return models.build(base.model, data.window, data.n_rr, len(data.classes), **base.kwargs)[0]
 
 
-def make_loss(base: Base, eps: float, counts):
+def make_loss(base: Base, eps: float, counts, loss: str | None = None):
+    """(Keras loss, its knobs): `loss` (default the base run's) with ecg_train's knobs and label_smoothing=eps."""
     from dataclasses import replace
 
     from pipeline.losses import loss_from_params
-    args = replace(base.loss_params.of(base.loss), label_smoothing=float(eps))
-    return loss_from_params(base.loss, replace(base.loss_params, **{base.loss: args}), class_counts=counts), asdict(args)
+    name = loss or base.loss
+    args = replace(base.loss_params.of(name), label_smoothing=float(eps))
+    knobs = asdict(args) if name == base.loss else {"loss": name, **asdict(args)}   # the base's: as first fingerprinted
+    return loss_from_params(name, replace(base.loss_params, **{name: args}), class_counts=counts), knobs
 
 
 def train_variant(name: str, build, loss, loss_args: dict, base: Base, data: Data, cfg: InsightParams,
@@ -419,12 +427,18 @@ def changed_fraction(data: Data, pred_a, pred_b, ev) -> dict:
 # --------------------------------------------------------------------------------------------- parts
 
 
-def smoothing_part(scores: dict, states: dict, data: Data, ev) -> dict:
-    ref = scores[_eps_name(0.0)]
+def smoothing_part(scores: dict, states: dict, data: Data, ev, ref_name: str) -> dict:
+    ref = scores[ref_name]
     out = {}
+    y = data.test.y
     for name, sc in scores.items():
         m = sc["metrics"]
+        called = np.bincount(sc["pred"], minlength=len(data.classes)) / len(y)
         row = {"temperature": float(m["temperature"]),
+               "accuracy": float(m["accuracy"]),
+               "mean_confidence_before": float(sc["probs"].max(1).mean()),
+               "mean_confidence_after": float(sc["probs_t"].max(1).mean()),
+               "share_called": {c: float(v) for c, v in zip(data.classes, called)},
                "ece_before": _vc(m["ece"]["before"], sc["ci"]["ece_before"]),
                "ece_after": _vc(m["ece"]["after"], sc["ci"]["ece_after"]),
                "nll_before": _vc(m["nll"]["before"], sc["ci"]["nll_before"]),
@@ -609,7 +623,10 @@ def _ci_text(cell: dict, fmt: str = ".3f") -> str:
 def readings(result: dict) -> list[str]:
     out = []
     sm = result["smoothing"]
-    ref = sm[_eps_name(0.0)]
+    b = result["base"]
+    ref = sm[_eps_name(0.0, None if b["smoothing_loss"] == b["loss"] else b["smoothing_loss"])]
+    if b["smoothing_loss"] != b["loss"]:
+        out.append(f"The smoothing sweep uses the {b['smoothing_loss']} loss (a control), not the base run's {b['loss']}.")
     ts_text = ", ".join(f"{n} T={r['temperature']:.2f}" for n, r in sm.items())
     for n, r in sm.items():
         if r is ref:
@@ -631,6 +648,24 @@ def readings(result: dict) -> list[str]:
                    f"{100 * (r['top1_changed_vs_eps0']['ci95'] or {}).get('hi', float('nan')):.1f}%); macro-F1 "
                    f"{_ci_text(r['macro_f1'])} against {_ci_text(ref['macro_f1'])}, paired difference "
                    f"{_ci_text(r['macro_f1_diff_vs_eps0'], '+.3f')}.")
+    true_share = result.get("test_class_share") or {}
+    for n, r in sm.items():
+        if not true_share:
+            break
+        c, extra = max(((c, v - true_share.get(c, 0.0)) for c, v in r["share_called"].items()), key=lambda kv: kv[1])
+        if extra > 0.01:
+            out.append(f"{n}: {100 * r['share_called'][c]:.1f}% of DS2 beats are called {c} (true share "
+                       f"{100 * true_share.get(c, 0.0):.2f}%); mean confidence {r['mean_confidence_before']:.2f} before "
+                       f"scaling against accuracy {r['accuracy']:.3f}.")
+    w = b.get("class_weights_train")
+    if w and b["smoothing_loss"] == b["loss"] and any(r["ece_before"]["value"] > ref["ece_before"]["value"]
+                                                      for r in sm.values() if r is not ref):
+        lo, hi = min(w, key=w.get), max(w, key=w.get)
+        out.append(f"Why smoothing hurts here: the {b['loss']} loss weights every class's term by its alpha "
+                   f"({hi} {w[hi]:.2f} against {lo} {w[lo]:.3f} on these training counts)"
+                   + (" and damps only confident terms (the focal factor (1 - p)^gamma)" if b["loss"] == "focal" else "")
+                   + ", so the eps/K target smoothing puts on every class counts most on the rarest classes: the fit "
+                   "moves probability towards them instead of merely softening the true class.")
     lk = result["leaky"]
     worst = max(result["dead_per_layer"].items(), key=lambda kv: kv[1]["relu_dead_fraction"])
     out.append(f"Dead units on DS1: ReLU model {100 * lk['relu']['dead_fraction']:.1f}% of {lk['relu']['units']} units "
@@ -649,6 +684,13 @@ def readings(result: dict) -> list[str]:
                f"activations {lr['first_block_activation_bytes']:,} against {sr['first_block_activation_bytes']:,} bytes "
                f"per beat; DS2 macro-F1 {_ci_text(lr['macro_f1'])} against {_ci_text(sr['macro_f1'])}, paired "
                f"difference (stack minus long) {_ci_text(sr['macro_f1_diff_vs_long'], '+.3f')}.")
+    if sr["first_block_params"] > lr["first_block_params"]:
+        c_in = result["base"].get("input_channels")
+        out.append(f"The stack costs more here although it saves weights deeper in a network: a stack of short kernels "
+                   f"saves only when its convs map C channels to C (VGG's argument), but the first layer reads "
+                   f"{c_in or 'few'} input channels, so the stack's later convs ({lr['output_channels']} to "
+                   f"{lr['output_channels']} channels) outweigh the long kernel's single pass over the input; its "
+                   f"inner map also runs at the full input rate before the stride.")
     return out
 
 
@@ -664,7 +706,8 @@ def method(result: dict, cfg: InsightParams, base: Base) -> dict:
                 "differences: paired record bootstrap (the same records resampled for both models)")
     return {
         "smoothing": f"{fit_text}. Label smoothing eps mixes eps/K of every class into the one-hot target (K = "
-                     f"{len(result['classes'])} classes) inside the same loss. Temperature T minimises the NLL of "
+                     f"{len(result['classes'])} classes) inside the {b['smoothing_loss']} loss with ecg_train's knobs "
+                     "for it (class weights from the training counts, base.class_weights_train). Temperature T minimises the NLL of "
                      f"softmax(log p / T) on fold {cfg.val_fold} only and is applied to DS2 unchanged; ECE is the "
                      "top-label ECE over evaluate.ece_bins equal-width bins, NLL the mean -log p(true class), both over "
                      "all 5 classes; temperature never changes the argmax, so macro-F1 and per-class F1 (N, S, V, F) "
@@ -714,20 +757,28 @@ def run(cfg: InsightParams, ev, base: Base, data_dir: Path, out_dir: Path = OUT,
 
     # ---- 1. label smoothing (eps=0 is also the ReLU / long-kernel reference)
     t = time.perf_counter()
+    sweep_loss = cfg.smoothing_loss if cfg.smoothing_loss not in (None, base.loss) else None
     models_, states, scores, fit_s = {}, {}, {}, {}
     for eps in cfg.smoothing:
-        name = _eps_name(eps)
-        loss, loss_args = make_loss(base, eps, counts)
+        name = _eps_name(eps, sweep_loss)
+        loss, loss_args = make_loss(base, eps, counts, sweep_loss)
         models_[name], states[name], fit_s[name] = train_variant(
             name, lambda: build_base(base, data), loss, loss_args, base, data, cfg, ckpt, {})
         scores[name] = score_variant(models_[name], data, ev, cfg)
-    smoothing = smoothing_part(scores, states, data, ev)
+    smoothing = smoothing_part(scores, states, data, ev, _eps_name(0.0, sweep_loss))
     timings["smoothing_s"] = time.perf_counter() - t
     ref = _eps_name(0.0)
     loss0, loss0_args = make_loss(base, 0.0, counts)
+    if ref not in models_:   # the sweep used another loss: the base loss at eps=0 is the leaky / kernel reference
+        t = time.perf_counter()
+        models_[ref], states[ref], fit_s[ref] = train_variant(
+            ref, lambda: build_base(base, data), loss0, loss0_args, base, data, cfg, ckpt, {})
+        scores[ref] = score_variant(models_[ref], data, ev, cfg)
+        timings["reference_s"] = time.perf_counter() - t
 
     # ---- 2. leaky ReLU
     t = time.perf_counter()
+    leaky_fn(cfg.leaky_slope)   # registered before fit looks for a checkpoint to resume (it names this activation)
     leaky_model_, leaky_state, fit_s["leaky_relu"] = train_variant(
         "leaky_relu", lambda: leaky_model(build_base(base, data), cfg.leaky_slope), loss0, loss0_args, base, data,
         cfg, ckpt, {"activation": "leaky_relu", "negative_slope": cfg.leaky_slope})
@@ -750,7 +801,7 @@ def run(cfg: InsightParams, ev, base: Base, data_dir: Path, out_dir: Path = OUT,
     timings.update({f"fit_{k}_s": v for k, v in fit_s.items()})
 
     t = time.perf_counter()
-    figs = figures(out_dir, scores, per_layer, kernel)
+    figs = figures(out_dir, {k: v for k, v in scores.items() if k in smoothing}, per_layer, kernel)
     save_npz(out_dir / "predictions.npz", y=data.test.y, record=data.test.record,
              **{f"probs_{k.replace('=', '')}": v["probs"] for k, v in scores.items()},
              probs_leaky_relu=leaky_sc["probs"], **{f"probs_{stack_name}": stack_sc["probs"]})
@@ -758,11 +809,15 @@ def run(cfg: InsightParams, ev, base: Base, data_dir: Path, out_dir: Path = OUT,
     timings["total_s"] = time.perf_counter() - t_all
     # the per-analysis budget: shared work (loading, the eps=0 fit) is counted in smoothing_s only
     result = {
-        "base": {"run": base.run, "model": base.model, "loss": base.loss, "val_fold": cfg.val_fold,
+        "base": {"run": base.run, "model": base.model, "loss": base.loss, "smoothing_loss": sweep_loss or base.loss,
+                 "class_weights_train": _class_weights(base, counts, data.classes),
+                 "train_class_counts": {c: int(n) for c, n in zip(data.classes, counts)}, "val_fold": cfg.val_fold,
                  "train_beats": int(len(data.train.y)), "val_beats": int(len(data.val.y)),
                  "test_beats": int(len(data.test.y)), "test_records": int(len(np.unique(data.test.record))),
-                 "dead_probe_beats": int(len(data.ds1["beat"])), "keras_backend": keras.backend.backend()},
+                 "dead_probe_beats": int(len(data.ds1["beat"])), "input_channels": len(base.channels), "keras_backend": keras.backend.backend()},
         "classes": data.classes,
+        "test_class_share": {c: float(v) for c, v in zip(data.classes, np.bincount(data.test.y, minlength=len(data.classes))
+                                                           / len(data.test.y))},
         "smoothing": smoothing,
         "leaky": leaky,
         "dead_per_layer": per_layer,
@@ -775,6 +830,16 @@ def run(cfg: InsightParams, ev, base: Base, data_dir: Path, out_dir: Path = OUT,
     result["method"] = method(result, cfg, base)
     write_json(metrics_path, result)
     return result
+
+
+def _class_weights(base: Base, counts, classes) -> dict | None:
+    """The per-class alpha of the base loss on these training counts (None for a loss without one)."""
+    from pipeline.losses import class_weights
+    alpha = getattr(base.loss_params.of(base.loss), "alpha", None)
+    if alpha is None:
+        return None
+    w = class_weights(counts, alpha if isinstance(alpha, str) else list(alpha))
+    return {c: float(v) for c, v in zip(classes, w)}
 
 
 def main(argv=None) -> int:
