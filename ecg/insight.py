@@ -199,37 +199,12 @@ def load_data(data_dir: Path, base: Base, cfg: InsightParams) -> Data:
 # ------------------------------------------------------------------------------------------ surgery
 
 
-_LEAKY: dict = {}
-
-
-def leaky_fn(slope: float):
-    """A named, registered leaky ReLU of a fixed slope (saved models name it, so they reload)."""
-    import keras
-    slope = float(slope)
-    if slope not in _LEAKY:
-        name = f"insight_leaky_relu_{slope:g}".replace(".", "p").replace("-", "m")
-
-        def fn(x):
-            return keras.activations.leaky_relu(x, negative_slope=slope)
-        fn.__name__ = name
-        _LEAKY[slope] = keras.saving.register_keras_serializable(package="ecg_insight", name=name)(fn)
-    return _LEAKY[slope]
-
-
 def leaky_model(model, slope: float):
-    """pipeline.insight.with_activation(model, "leaky_relu"), with the Dense/Conv activations it sets to a
-    lambda replaced by a registered named function of the same slope: Keras cannot reload a saved lambda
-    activation, and pipeline.training.fit reloads its best checkpoint."""
-    import keras
-
+    """pipeline.insight.with_activation(model, "leaky_relu", slope): Dense/Conv activations become the named
+    function pipeline.insight.leaky_relu_fn registers, so saved checkpoints reload (in a fresh process only once
+    that function is registered for this slope: see run())."""
     from pipeline.insight import with_activation
-    out = with_activation(model, "leaky_relu", negative_slope=slope)
-    fn = leaky_fn(slope)
-    for layer in out.layers:
-        act = getattr(layer, "activation", None)
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D)) and getattr(act, "__name__", "") == "<lambda>":
-            layer.activation = fn
-    return out
+    return with_activation(model, "leaky_relu", negative_slope=slope)
 
 
 def first_conv(model):
@@ -778,7 +753,8 @@ def run(cfg: InsightParams, ev, base: Base, data_dir: Path, out_dir: Path = OUT,
 
     # ---- 2. leaky ReLU
     t = time.perf_counter()
-    leaky_fn(cfg.leaky_slope)   # registered before fit looks for a checkpoint to resume (it names this activation)
+    from pipeline.insight import leaky_relu_fn
+    leaky_relu_fn(cfg.leaky_slope)   # registered before fit looks for a checkpoint to resume (it names this activation)
     leaky_model_, leaky_state, fit_s["leaky_relu"] = train_variant(
         "leaky_relu", lambda: leaky_model(build_base(base, data), cfg.leaky_slope), loss0, loss0_args, base, data,
         cfg, ckpt, {"activation": "leaky_relu", "negative_slope": cfg.leaky_slope})

@@ -113,7 +113,7 @@ def _tiny_project(root, window=48, per_record=40):
         "ecg_train:\n  channels: [record_scaled, record_deviation]\n  dilated1d: {filters: 4, stem_stride: 2, dropout: 0.1}\n"
         "  augment: null\n"
         "insight_ecg:\n  fit: {epochs: 1, batch_size: 64, learning_rate: 0.01, patience: 1}\n"
-        "  smoothing: [0.0, 0.1]\n  batch_size: 64\n")
+        "  smoothing: [0.0, 0.1]\n  leaky_slope: 0.1\n  batch_size: 64\n")
 
 
 @pytest.mark.slow   # 8 one-epoch fits and three scorings: ~30 s on 2 free cores, 85 s measured on shared ones
@@ -154,8 +154,9 @@ def test_insight_stage_end_to_end_and_rerun_restores_fits(tmp_path, monkeypatch,
     assert {p.name for p in ck.iterdir()} == {"eps0", "eps0.1", "leaky_relu", "stack_k3+5"}
     # a rerun after a scoring-only change restores every fit instead of training again, also in a fresh process
     # (where the leaky activation is not registered until the stage registers it)
-    keras.saving.get_custom_objects().pop("ecg_insight>insight_leaky_relu_0p01")
-    insight._LEAKY.clear()
+    from pipeline import insight as surgery
+    keras.saving.get_custom_objects().pop("pipeline_insight>leaky_relu_0p1")
+    surgery._LEAKY.pop(0.1)
     capsys.readouterr()
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("bootstrap: 20", "bootstrap: 10"))
     assert insight.main(["--params", "params.yaml"]) == 0
