@@ -396,6 +396,8 @@ def run(cfg: Config, data_dir: Path, backbone_dir: Path, out_dir: Path, ckpt_roo
     val_probs, test_probs = probs["val"], probs["test"]
     val_draws = draws_for(len(target["val"].y), cfg.bootstrap, cfg.bootstrap_seed)
     test_draws = draws_for(len(target["test"].y), cfg.bootstrap, cfg.bootstrap_seed)
+    top_share = {k: float(np.bincount(np.asarray(p).argmax(axis=1), minlength=n_classes).max() / len(p))
+                 for k, p in test_probs.items()}
     val_scores = target_scores(target["val"].y, val_probs, val_draws, classes)
     test_scores = target_scores(target["test"].y, test_probs, test_draws, classes)
     clock["target_scores_s"] = time.perf_counter() - t
@@ -422,7 +424,8 @@ def run(cfg: Config, data_dir: Path, backbone_dir: Path, out_dir: Path, ckpt_roo
         target_part[k] = {**{f: records[k][f] for f in ("blocks_unfrozen", "learning_rate", "best_epoch")},
                           **{f"val_{m}": val_scores[k][m] for m in ("accuracy", "macro_f1", "macro_f1_gain")},
                           **{f"test_{m}": test_scores[k][m] for m in ("accuracy", "macro_f1", "accuracy_gain",
-                                                                       "macro_f1_gain")}}
+                                                                       "macro_f1_gain")},
+                          "test_top_class_share": top_share[k]}
     source_part = {k: {"blocks_unfrozen": records[k]["blocks_unfrozen"], "learning_rate": records[k]["learning_rate"],
                        **src_scores[k]} for k in models}
     before = mean_ci(fg["before"], src_draws)
@@ -509,10 +512,15 @@ def readings(target: dict, source: dict, setting: dict) -> dict:
                                     "trade against the forgetting in this setting.")
     sig = [k for k in tuned if _excludes_zero(target[k]["test_macro_f1_gain"])]
     out["test_gain"] = (f"Test macro-F1 of the frozen head {_ci_text(target[FROZEN]['test_macro_f1'], '{:.3f}')}; "
-                        + ("test gains whose CI excludes 0: " + ", ".join(
-                            f"{k} {_ci_text(target[k]['test_macro_f1_gain'])}" for k in sig)
-                           if sig else f"no fine-tuned variant's test macro-F1 gain has a CI excluding 0 "
-                                       f"({setting['target_images']['test']} test images).") + "")
+                        + ("fine-tuned variants whose test macro-F1 change has a CI excluding 0: " + "; ".join(
+                            f"{k} {_ci_text(target[k]['test_macro_f1_gain'])}" for k in sig) + "."
+                           if sig else f"no fine-tuned variant's test macro-F1 change has a CI excluding 0 "
+                                       f"({setting['target_images']['test']} test images)."))
+    collapsed = [k for k in tuned if target[k].get("test_top_class_share", 0) >= 0.99]
+    if collapsed:
+        out["collapse"] = (f"{len(collapsed)} of the {len(tuned)} fine-tuned variants call (almost) every test image "
+                           f"one class (share >= 0.99): {', '.join(collapsed)}; for them fine-tuning lost the medical task "
+                           "rather than gaining on it.")
     return out
 
 
@@ -548,12 +556,14 @@ def plot(path: Path, target: dict, source: dict, cfg: Config) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 8), squeeze=False)
     lrs = sorted({target[k]["learning_rate"] for k in target if k != FROZEN})
     colours = {lr: c for lr, c in zip(lrs, plt.rcParams["axes.prop_cycle"].by_key()["color"])}
+    depths = sorted({target[k]["blocks_unfrozen"] for k in target if k != FROZEN})
+    markers = {b: m for b, m in zip(depths, "o^vDPX*")}
     for i, split in enumerate(("val", "test")):
         for j, how in enumerate(("old_readout", "refit")):
             ax = axes[i, j]
             ax.axhline(0, color="grey", lw=0.6)
             ax.axvline(0, color="grey", lw=0.6)
-            for k in target:
+            for n, k in enumerate(target):
                 xs, ys = source[k][f"loss_{how}"], target[k][f"{split}_macro_f1_gain"]
                 if ys["value"] is None:
                     continue
@@ -561,14 +571,18 @@ def plot(path: Path, target: dict, source: dict, cfg: Config) -> None:
                                                                    [d["ci95"]["hi"] - d["value"]]]
                 frozen = k == FROZEN
                 colour = "black" if frozen else colours[target[k]["learning_rate"]]
-                ax.errorbar([xs["value"]], [ys["value"]], xerr=err(xs), yerr=err(ys), fmt="s" if frozen else "o",
-                            color=colour, ms=5, capsize=2, lw=0.8)
                 label = "frozen" if frozen else f"{target[k]['blocks_unfrozen']} blk, lr {target[k]['learning_rate']:g}"
-                ax.annotate(label, (xs["value"], ys["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.errorbar([xs["value"]], [ys["value"]], xerr=err(xs), yerr=err(ys),
+                            fmt="s" if frozen else markers[target[k]["blocks_unfrozen"]], color=colour, ms=6,
+                            capsize=2, lw=0.8, alpha=0.9, label=label)
+                ax.annotate(label, (xs["value"], ys["value"]), textcoords="offset points",
+                            xytext=(5, 5 if n % 2 else -11), fontsize=7, color=colour)
             ax.set_xlabel(f"source (CIFAR-10) accuracy loss, {'old readout' if how == 'old_readout' else 're-fitted probe'}",
                           fontsize=8)
             ax.set_ylabel(f"{cfg.dataset} {split} macro-F1 gain over frozen", fontsize=8)
             ax.set_title(f"{split}: plasticity vs forgetting ({how.replace('_', ' ')})", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7, loc="best", title="blocks unfrozen, learning rate", title_fontsize=7)
     fig.suptitle(f"{cfg.model} pretrained on CIFAR-10, fine-tuned on {cfg.dataset}: target gain against source loss "
                  f"(95% CIs)", fontsize=10)
     fig.tight_layout()
