@@ -279,6 +279,9 @@ def test_end_to_end_tiny(tmp_path):
     again = json.loads(metrics.read_text())
     assert again["kernels"]["11x11/4"]["macro_f1"] == json.loads(first)["kernels"]["11x11/4"]["macro_f1"]
     assert again["label_smoothing"] == json.loads(first)["label_smoothing"]
+    # the training cost is the one measured when the fit trained, not the restore's
+    assert again["kernels"]["11x11/4"]["train_wall_s"] == json.loads(first)["kernels"]["11x11/4"]["train_wall_s"] > 0
+    assert again["kernels"]["11x11/4"]["epochs_run"] == 1
 
 
 def test_missing_inputs_name_the_file(tmp_path):

@@ -528,10 +528,21 @@ def _smoothing_readings(sm: Smoothing, table: dict, vs: dict, temps: dict) -> di
         "smoothing_vs_temperature": (
             f"{sm.model} frozen head on {sm.dataset}: eps=0 has test ECE {_fmt(e0b['ece'])} before and "
             f"{_fmt(e0a['ece'])} after temperature scaling (T = {temps[0.0]:.2f} fitted on validation). "
-            + "; ".join(lines) + ". A fitted T < 1 means the smoothed model came out under-confident and TS "
-            "sharpens it back: smoothing moves calibration, it does not remove the need to fit a temperature."),
+            + "; ".join(lines) + ". " + _temperature_sentence(temps, vs)),
         "smoothing_top1": ("Top-1 decisions against eps=0 (temperature never moves an argmax): " + "; ".join(moved) + "."),
     }
+
+
+def _temperature_sentence(temps: dict, vs: dict) -> str:
+    order = sorted(temps)
+    ts = ", ".join(f"{temps[e]:.2f} (eps={e:g})" for e in order)
+    trend = ("falls" if all(temps[a] > temps[b] for a, b in zip(order, order[1:])) else
+             "rises" if all(temps[a] < temps[b] for a, b in zip(order, order[1:])) else "moves non-monotonically")
+    after = "; ".join(f"{n} after its own TS {_fmt(v['ece_after_ts_minus_eps0_after_ts'])} ECE against eps=0 after TS"
+                      for n, v in vs.items())
+    return (f"The validation-fitted temperature {trend} with eps: {ts} (T < 1 sharpens: the head is under-confident "
+            f"and smoothing makes it more so). After each its own temperature: {after}. Smoothing does not remove "
+            "the need for a fitted temperature.")
 
 
 def _plot_reliability(path: Path, y, probs: dict, temps: dict, n_bins: int, sm: Smoothing) -> None:
@@ -586,6 +597,35 @@ def build_scratch(variant: str, sc: Scratch, input_shape, n_classes: int):
     return model
 
 
+def _epochs_done(run_dir: Path, fp: str) -> int:
+    """Epochs a checkpointed fit of this fingerprint has already done (0: none), from its newest state.json."""
+    import json
+
+    for unit in sorted(Path(run_dir).glob("ckpt-*"), reverse=True):
+        try:
+            state = json.loads((unit / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("fingerprint") == fp:
+            return int(state.get("epoch", 0))
+    return 0
+
+
+def _record_timing(path: Path, fp: str, before: int, after: int, wall: float, cpu: float) -> dict:
+    """Training wall/CPU seconds of a checkpointed fit, summed over the runs that trained its epochs (kept beside
+    the run folder, so a rerun that restores still reports what the training cost)."""
+    old = read_json(path) if path.is_file() else {}
+    if before == 0 or old.get("fingerprint") != fp:
+        old = {"fingerprint": fp, "train_wall_s": 0.0, "train_cpu_s": 0.0, "load_avg_1min": []}
+    if after > before:
+        old["train_wall_s"] += wall
+        old["train_cpu_s"] += cpu
+        old["load_avg_1min"].append(round(os.getloadavg()[0], 2))
+        old["epochs"] = after
+        write_json(path, old)
+    return {**old, "wall_s_this_run": wall}
+
+
 class Scratchpad:
     """Trains each from-scratch variant once per invocation (shared by the kernels and leaky studies)."""
 
@@ -605,17 +645,26 @@ class Scratchpad:
         sc, tr, va, te = self.cfg.scratch, self.splits["train"], self.splits["val"], self.splits["test"]
         shape = tr.x.shape[1:]
         fp = fingerprint(self.meta["sha256"], asdict(sc), variant, len(tr.y), self.cfg.seed)
-        t = time.perf_counter()
+        run_dir = self.ckpt / f"scratch-{sc.dataset}-{variant}"
+        before = _epochs_done(run_dir, fp)
+        t, c = time.perf_counter(), time.process_time()
         model, state = fit(lambda: build_scratch(variant, sc, shape, self.k), make_loss("ce"), (tr.x, tr.y),
-                           (va.x, va.y), tuple(range(self.k)), sc.fit,
-                           self.ckpt / f"scratch-{sc.dataset}-{variant}", fp, seed=self.cfg.seed, verbose=0)
-        train_s = time.perf_counter() - t
+                           (va.x, va.y), tuple(range(self.k)), sc.fit, run_dir, fp, seed=self.cfg.seed, verbose=0)
+        timing = _record_timing(self.ckpt / f"scratch-{sc.dataset}-{variant}.timing.json", fp, before, state["epoch"],
+                                time.perf_counter() - t, time.process_time() - c)
         probs = predict_probs(model, te.x, batch_size=256)      # the test split, read once for this variant
-        self.done[variant] = {"model": model, "probs": probs, "state": state, "train_s": train_s,
+        self.done[variant] = {"model": model, "probs": probs, "state": state, "timing": timing,
                               "stats": metric_draws(te.y, probs, self.draws, self.cfg.ece_bins)}
-        print(f"insight_vision: scratch {variant} trained/restored in {train_s:.0f} s, best val macro-F1 "
-              f"{state['best']:.3f} at epoch {state['best_epoch']}", flush=True)
+        print(f"insight_vision: scratch {variant}: {state['epoch'] - before} epochs trained now in "
+              f"{timing['wall_s_this_run']:.0f} s ({timing['train_wall_s']:.0f} s over all its runs), best val "
+              f"macro-F1 {state['best']:.3f} at epoch {state['best_epoch']}", flush=True)
         return self.done[variant]
+
+
+def _timing_cells(r: dict) -> dict:
+    t = r["timing"]
+    return {"epochs_run": r["state"]["epoch"], "train_wall_s": round(t["train_wall_s"], 1),
+            "train_cpu_s": round(t["train_cpu_s"], 1)}
 
 
 def study_kernels(cfg: Config, pad: Scratchpad, out_dir: Path) -> dict:
@@ -627,8 +676,7 @@ def study_kernels(cfg: Config, pad: Scratchpad, out_dir: Path) -> dict:
         r = pad.get(variant)
         backbone = find_backbone(r["model"])
         row = {**block_geometry(backbone), **costs(r["model"]), **cells(r["stats"]),
-               "best_epoch": r["state"]["best_epoch"], "val_macro_f1": r["state"]["best"],
-               "train_s": round(r["train_s"], 1)}
+               "best_epoch": r["state"]["best_epoch"], "val_macro_f1": r["state"]["best"], **_timing_cells(r)}
         table[label] = row
     a, b = pad.get("stack")["stats"], pad.get("relu11")["stats"]
     diff = {f"{names['stack']} minus 11x11/4": {m: paired(a, b, m) for m in ("accuracy", "macro_f1", "auc")}}
@@ -645,6 +693,15 @@ def study_kernels(cfg: Config, pad: Scratchpad, out_dir: Path) -> dict:
                f"{_fmt(small['accuracy'])} vs {_fmt(big['accuracy'])}, macro-F1 {_fmt(small['macro_f1'])} vs "
                f"{_fmt(big['macro_f1'])}, AUC {_fmt(small['auc'])} vs {_fmt(big['auc'])}; paired differences "
                f"(stack minus 11x11): accuracy {_fmt(d['accuracy'])}, macro-F1 {_fmt(d['macro_f1'])}, AUC {_fmt(d['auc'])}.")
+    auc_ci, acc_ci = d["auc"]["ci95"], d["macro_f1"]["ci95"]
+    if auc_ci and acc_ci and auc_ci["lo"] <= 0 <= auc_ci["hi"] and (acc_ci["hi"] < 0 or acc_ci["lo"] > 0):
+        reading += (f" The AUCs agree while the calls differ: both rank the test images alike, and the gap is in where "
+                    f"the argmax puts the threshold (test ECE {_fmt(small['ece'])} vs {_fmt(big['ece'])}; validation "
+                    f"macro-F1 {small['val_macro_f1']:.3f} vs {big['val_macro_f1']:.3f}), one seed and "
+                    f"{cfg.scratch.fit.epochs} epochs each.")
+    reading += (f" Training cost: {small['train_wall_s']:.0f} vs {big['train_wall_s']:.0f} s wall "
+                f"({small['train_cpu_s']:.0f} vs {big['train_cpu_s']:.0f} CPU-s) for {small['epochs_run']} vs "
+                f"{big['epochs_run']} epochs.")
     return {"kernels": table, "kernels_difference": diff, "_readings": {"kernels": reading}}
 
 
@@ -664,7 +721,7 @@ def study_leaky(cfg: Config, pad: Scratchpad, out_dir: Path) -> dict:
                         "never_positive_units": int(sum(v["dead"] for v in layers.values())),
                         "units": int(sum(v["units"] for v in layers.values())),
                         "best_epoch": r["state"]["best_epoch"], "val_macro_f1": r["state"]["best"],
-                        "train_s": round(r["train_s"], 1)}
+                        **_timing_cells(r)}
     a, b = pad.get("leaky11")["stats"], pad.get("relu11")["stats"]
     diff = {"leaky_relu minus relu": {m: paired(a, b, m) for m in ("macro_f1", "accuracy", "auc")}}
     _plot_dead(out_dir / "leaky_dead_units.png", dead)
@@ -866,7 +923,7 @@ def run(cfg: Config, params_path, data_dir: Path, runs_dir: Path, out_dir: Path,
     for study in STUDIES:
         if study not in cfg.studies:
             continue
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         if study == "smoothing":
             part = study_smoothing(cfg, params_path, data_dir, runs_dir, ckpt, out_dir)
             figures.append(str(out_dir / "smoothing_reliability.png"))
@@ -881,6 +938,7 @@ def run(cfg: Config, params_path, data_dir: Path, runs_dir: Path, out_dir: Path,
         part.pop("_n_test", None)
         metrics.update(part)
         seconds[f"{study}_s"] = round(time.perf_counter() - t, 1)
+        seconds[f"{study}_cpu_s"] = round(time.process_time() - c, 1)
         print(f"insight_vision: {study} done in {seconds[f'{study}_s']:.0f} s", flush=True)
         if study == "smoothing":
             keras.backend.clear_session()
