@@ -581,11 +581,12 @@ def plot(path: Path, target: dict, source: dict, cfg: Config) -> None:
                           fontsize=8)
             ax.set_ylabel(f"{cfg.dataset} {split} macro-F1 gain over frozen", fontsize=8)
             ax.set_title(f"{split}: plasticity vs forgetting ({how.replace('_', ' ')})", fontsize=9)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7, loc="best", title="blocks unfrozen, learning rate", title_fontsize=7)
     fig.suptitle(f"{cfg.model} pretrained on CIFAR-10, fine-tuned on {cfg.dataset}: target gain against source loss "
                  f"(95% CIs)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=7,
+               title="blocks unfrozen, learning rate (marker: blocks, colour: learning rate)", title_fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
