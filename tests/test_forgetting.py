@@ -194,6 +194,8 @@ def test_end_to_end_outputs_and_rerun_restores(project, capsys):
     assert "resuming ckpt/from_block1-lr0.05" in capsys.readouterr().out
     again = json.loads(Path("m.json").read_text())
     assert again["target"] == m["target"] and again["source"] == m["source"]
+    assert (m["setting"]["fits_found_in_checkpoints"], again["setting"]["fits_found_in_checkpoints"]) == \
+        ("0 of 3", "3 of 3")
     from pipeline.report.sections import _table   # the report's generic analysis tables read both parts
 
     for part in ("target", "source"):

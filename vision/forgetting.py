@@ -371,6 +371,7 @@ def run(cfg: Config, data_dir: Path, backbone_dir: Path, out_dir: Path, ckpt_roo
           f"train {len(target['train'].y)} / val {len(target['val'].y)} / test {len(target['test'].y)} images; "
           f"precision policy {policy}", flush=True)
     models, records = {}, {}
+    restored = sum(any((ckpt_root / name).glob("ckpt-*")) for name in ["head", *(v["name"] for v in variants(cfg))])
     models[FROZEN], rec = transfer("frozen", cfg.model, cfg.dataset, load, fit_splits, n_classes, loss,
                                    train_config(cfg), head_run, None, feature_path)
     records[FROZEN] = {"unfreeze_from": None, "blocks_unfrozen": 0, "learning_rate": None,
@@ -435,7 +436,8 @@ def run(cfg: Config, data_dir: Path, backbone_dir: Path, out_dir: Path, ckpt_roo
                "source_accuracy_before": before["value"],
                "source_accuracy_before_ci95": before["ci95"],
                "pretrain_val_accuracy": info.get("val_accuracy"),
-               "finetune_epochs": cfg.finetune_epochs, "precision_policy": policy}
+               "finetune_epochs": cfg.finetune_epochs, "precision_policy": policy,
+               "fits_found_in_checkpoints": f"{restored} of {1 + len(variants(cfg))}"}
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = out_dir / "forgetting.png"
     plot(fig, target_part, source_part, cfg)
