@@ -108,6 +108,26 @@ SECTIONS = (
                     ("oof_check_max_abs_diff", "largest out-of-fold check difference"),
                     ("dead_units", "dead ReLU units"), ("topk", "top-k accuracy"), ("linear_regions", "linear regions")),
             parts=("readings", "capacity", "dead_units", "topk", "occlusion", "method")),
+    Section("insight", "Training choices: label smoothing, leaky ReLU and the first kernel", "metrics/analysis/insight_ecg.json",
+            "The packaged model retrained in variants on the DS1 folds except one (early stopping and the temperature "
+            "on that fold), each scored once on DS2: label smoothing (eps) against temperature scaling, leaky ReLU "
+            "against ReLU (and how many ReLU units never fire on DS1), and the 7-sample stride-2 first convolution "
+            "against a stack of 3 then 5 samples with the same receptive field and stride.",
+            "the insight_ecg stage (python -m ecg.insight) has not been run.",
+            kind="analysis", test_name="DS2", unit="beat",
+            labels=(("smoothing", "label smoothing and temperature scaling"), ("leaky", "leaky ReLU against ReLU"),
+                    ("dead_per_layer", "units that never fire on DS1, per layer"),
+                    ("kernel", "long first kernel against stacked short kernels"),
+                    ("ece_before", "ECE before TS"), ("ece_after", "ECE after TS"), ("nll_before", "NLL before TS"),
+                    ("nll_after", "NLL after TS"), ("temperature", "T (validation fold)"),
+                    ("top1_changed_vs_eps0", "top-1 changed vs eps=0"), ("macro_f1_diff_vs_eps0", "macro-F1 minus eps=0"),
+                    ("macro_f1_diff_vs_relu", "macro-F1 minus ReLU"), ("macro_f1_diff_vs_long", "macro-F1 minus long kernel"),
+                    ("leaky_never_positive_fraction", "leaky: never positive"), ("relu_dead_fraction", "ReLU: dead")),
+            figures=(("smoothing", "artifacts/analysis/insight_ecg/reliability_*.png"),
+                     ("smoothing", "artifacts/analysis/insight_ecg/ece_smoothing.png"),
+                     ("leaky", "artifacts/analysis/insight_ecg/dead_relu.png"),
+                     ("kernel", "artifacts/analysis/insight_ecg/kernel.png")),
+            parts=("readings", "smoothing", "leaky", "dead_per_layer", "kernel", "method")),
 )
 
 

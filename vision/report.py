@@ -34,6 +34,55 @@ SECTIONS = (
             figures=(("robustness", "artifacts/analysis/vision/robustness.png"),
                      ("gradcam", "artifacts/analysis/vision/gradcam/*.png")),
             parts=("readings", "robustness", "topk", "gradcam", "capacity")),
+    Section("vision-insight", "Model insight: label smoothing, large vs stacked kernels, leaky ReLU, first-layer filters",
+            "metrics/analysis/insight_vision.json",
+            "Small variants trained for one question each and read once on the test split: label smoothing against "
+            "temperature scaling on a frozen-backbone head; AlexNet's 11x11 stride-4 first layer against a 7x7 + 5x5 "
+            "stack with the same receptive field and stride; the same network with leaky ReLUs (units that never "
+            "fire); and the first-layer filters of the pretrained, fine-tuned and from-scratch networks.",
+            "the insight_vision stage (python -m vision.insight) has not been run.",
+            kind="analysis", test_name="test", unit="image",
+            labels=(("label_smoothing", "label smoothing: test calibration before/after temperature scaling"),
+                    ("label_smoothing_vs_temperature", "label smoothing against temperature scaling (paired)"),
+                    ("smoothing_training", "smoothing heads: training"),
+                    ("kernels", "11x11/4 against 7x7 + 5x5 (from scratch)"),
+                    ("kernels_difference", "stack minus 11x11 (paired)"),
+                    ("leaky_relu", "ReLU against leaky ReLU (from scratch)"),
+                    ("leaky_relu_difference", "leaky minus ReLU (paired)"),
+                    ("dead_units", "units never positive on training images"),
+                    ("filters", "first-layer filters"), ("ece", "ECE"), ("nll", "NLL"), ("auc", "AUC"),
+                    ("macro_f1", "macro-F1"), ("smoothing_vs_temperature", "smoothing vs temperature scaling"),
+                    ("smoothing_top1", "smoothing and top-1 calls")),
+            figures=(("label_smoothing", "artifacts/analysis/insight_vision/smoothing_reliability.png"),
+                     ("kernels", "artifacts/analysis/insight_vision/kernels_cost.png"),
+                     ("dead_units", "artifacts/analysis/insight_vision/leaky_dead_units.png"),
+                     ("filters", "artifacts/analysis/insight_vision/filters_*.png")),
+            parts=("readings", "label_smoothing", "kernels", "leaky_relu", "dead_units", "filters")),
+    Section("forgetting-vision", "Catastrophic forgetting: fine-tuning against the source task",
+            "metrics/analysis/forgetting_vision.json",
+            "How much of CIFAR-10 the CIFAR-pretrained backbone forgets when it is fine-tuned on the medical set, "
+            "against what fine-tuning gains there. Each variant unfreezes the backbone from one block on and trains "
+            "at one learning rate (same head, epochs and seed); 'frozen' is the head on the untouched backbone. "
+            "Source accuracy is read by a linear probe on the backbone's pooled features: the probe fitted before "
+            "fine-tuning ('old readout': what the old classifier still gets) and one re-fitted afterwards ('refit': "
+            "what the representation still holds). Losses and gains are paired differences with 95% image-bootstrap CIs.",
+            "the forgetting_vision stage (python -m vision.forgetting) has not been run.",
+            kind="analysis", test_name="test", unit="image",
+            labels=(("setting", "setting"), ("target", "medical set: validation and test scores"),
+                    ("source", "source task (CIFAR-10 validation) through the linear probe"),
+                    ("blocks_unfrozen", "blocks unfrozen"), ("learning_rate", "learning rate"),
+                    ("best_epoch", "best epoch (val)"), ("val_macro_f1", "val macro-F1"),
+                    ("val_macro_f1_gain", "val macro-F1 gain"), ("val_accuracy", "val accuracy"),
+                    ("test_accuracy", "test accuracy"), ("test_macro_f1", "test macro-F1"),
+                    ("test_accuracy_gain", "test accuracy gain"), ("test_macro_f1_gain", "test macro-F1 gain"),
+                    ("accuracy_old_readout", "accuracy, old readout"), ("loss_old_readout", "loss, old readout"),
+                    ("accuracy_refit", "accuracy, re-fitted probe"), ("loss_refit", "loss, re-fitted probe"),
+                    ("probe_converged", "probe converged"), ("most_forgetting", "most forgetting"),
+                    ("least_forgetting", "least forgetting"), ("what_drives_it", "learning rate vs depth"),
+                    ("readout_vs_representation", "readout vs representation"),
+                    ("gain_without_loss", "gain without loss?"), ("test_gain", "test gains")),
+            figures=(("source", "artifacts/analysis/forgetting_vision/forgetting.png"),),
+            parts=("readings", "target", "source")),
 )
 
 
