@@ -113,7 +113,9 @@ def test_prefetch_gives_the_same_batches_with_at_most_two_groups(sharded):
     for epoch in (0, 1):
         for a, b in zip(_epoch_ids(plain, epoch), _epoch_ids(ahead, epoch)):
             assert np.array_equal(a, b)
-    assert 3 < ahead.max_held_shards <= 6 and plain.max_held_shards == 3
+    # at most two groups with prefetch (whether the two overlap depends on thread timing), one without
+    assert 3 <= ahead.max_held_shards <= 6 and plain.max_held_shards == 3
+    assert ahead._pool is not None and plain._pool is None  # the prefetch thread did run
     ahead.set_epoch(2)
     ahead[len(ahead) - 1]  # random access far ahead: the prefetched first group is dropped, not kept
     assert ahead.held_shards == len(ahead.groups[-1]) == 1

@@ -44,6 +44,18 @@ TINY = {
                      "latency": {"repeats": 5, "warmup": 1, "large_batch": 64}},
     "analyse_ecg": {"dead_beats": 2000, "saliency_beats": 20, "windows": 4},
     "analyse_vision": {"bootstrap": 20, "noise_sigma": [25.5], "blur_sigma": [1.0], "dead_images": 16},
+    "insight_ecg": {"smoothing": [0.0, 0.1],
+                    "fit": {"epochs": 1, "batch_size": 256, "learning_rate": 0.001, "patience": 1, "min_delta": 0.001}},
+    "insight_vision": {"bootstrap": 20, "dead_images": 16,
+                       "smoothing": {"dataset": "breastmnist", "model": "alexnet", "eps": [0.0, 0.1]},
+                       "scratch": {"dataset": "breastmnist", "image_size": 67,
+                                   "fit": {"epochs": 1, "batch_size": 32, "learning_rate": 0.001, "patience": 1,
+                                           "min_delta": 0.001}},
+                       "filters": {"finetune_dataset": "breastmnist", "max_filters": 16}},
+    "forgetting_vision": {"unfreeze_from": ["block5"], "learning_rates": [0.001], "finetune_epochs": 1,
+                          "head_fit": {"epochs": 1, "batch_size": 32, "learning_rate": 0.001, "patience": 1,
+                                       "min_delta": 0.001},
+                          "source_train": 30, "bootstrap": 20},
 }
 
 
