@@ -13,7 +13,7 @@ the features, the head or the choice.
 The smallest side is vision.squeezenet.MIN_SIZE (31 px; 28 px is too small for the net).
 Also: feature-extraction images/s per S on this CPU (model.predict, batch 128, warm), the size chosen on
 validation per set and for all sets, and a control row: the same network with random weights
-(keras defaults, seeded) at the chosen size.
+(keras defaults, seeded) at the chosen size (--control-all: at every size).
 
 Choice rule (fixed before looking at results): selection score = mean of val accuracy and val AUC (the
 two goal metrics); per set the size with the best score; one size for all sets = best mean score over
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="local notop h5 (md5-checked; env SQUEEZENET_WEIGHTS wins)")
     ap.add_argument("--limit", type=int, default=None, help="first N images per split (smoke runs only)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control-all", action="store_true",
+                    help="random-weights control rows at every size, not only at the chosen one")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/squeezenet_resolution.txt"))
     args = ap.parse_args(argv)
     if min(args.sizes) < sq.MIN_SIZE:
@@ -191,7 +193,9 @@ def main(argv=None) -> int:
     # random-weights control at each set's chosen size
     for name, info in results.items():
         side = info["best"]["S"]
-        info["random"] = run_one(name, info["splits"], info["n_classes"], side, None, args.seed)
+        info["random_rows"] = [run_one(name, info["splits"], info["n_classes"], s, None, args.seed)
+                               for s in (sizes if args.control_all else [side])]
+        info["random"] = next(r for r in info["random_rows"] if r["S"] == side)
         print(f"  {name} random S={side}: val acc {info['random']['acc']:.3f} AUC {info['random']['auc']:.3f}",
               flush=True)
 
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
     say(head)
     say("-" * len(head))
     for name, info in results.items():
-        for r in info["rows"] + [info["random"]]:
+        for r in info["rows"] + info["random_rows"]:
             mark = " <- chosen" if r is info["best"] else ""
             say(f"{name:<15} {r['S']:>4} {r['weights']:>8} | {r['acc']:>7.3f} {r['f1']:>8.3f} {r['auc']:>6.3f} "
                 f"{r['score']:>6.3f} | {r['C']:>6g} {r['dead']:>5.2f} | {r['ips']:>10.0f}{mark}")
@@ -214,6 +218,10 @@ def main(argv=None) -> int:
            for s in sizes}
     say("feature extraction, mean img/s over the sets: " + ", ".join(f"S={s}: {ips[s]:.0f}" for s in sizes))
     say("mean selection score over the sets: " + ", ".join(f"S={s}: {mean_score[s]:.3f}" for s in sizes))
+    if args.control_all:
+        say("random weights, mean selection score over the sets: " + ", ".join(
+            f"S={s}: {np.mean([next(r['score'] for r in i['random_rows'] if r['S'] == s) for i in results.values()]):.3f}"
+            for s in sizes))
     say()
     say("recommendation (chosen on validation):")
     for name, info in results.items():
