@@ -298,26 +298,23 @@ def main(argv):
 '''
 
 
-@pytest.mark.slow
-def test_fit_loop_under_two_workers_is_exact(tmp_path):
-    """The shared fit loop (per-epoch shuffle, seeds, validation macro-F1 from a gathered predict, checkpoint
-    units) on 2 workers equals 1 process with the same global batch to float rounding, for a model without
-    batch norm."""
-    for name in ("single", "multi"):
-        (tmp_path / name / "logs").mkdir(parents=True)
-        (tmp_path / name / "fitstage.py").write_text(FIT_STAGE)
+def assert_fit_stage_exact(tmp_path, exe: str, backend: str) -> None:
+    """FIT_STAGE through the launcher: 1 process, then 2 workers on 127.0.0.1 with the same global batch; the
+    weights and histories agree to float rounding, and the two workers hold the same model."""
     def env(root, **kw):
-        e = env_for(root, **kw)
+        e = env_for(root, KERAS_BACKEND=backend, **kw)
         e["PYTHONPATH"] = f"{ROOT}{os.pathsep}{root}"
         return e
 
-    single = tmp_path / "single"
-    done = subprocess.run([sys.executable, "-m", "pipeline.distributed", "fitstage"], cwd=single, env=env(single),
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    for root in (single, multi):
+        (root / "logs").mkdir(parents=True)
+        (root / "fitstage.py").write_text(FIT_STAGE)
+    done = subprocess.run([exe, "-m", "pipeline.distributed", "fitstage"], cwd=single, env=env(single),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    multi = tmp_path / "multi"
     ports = free_ports(2)
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.distributed", "fitstage"], cwd=multi,
+    procs = [subprocess.Popen([exe, "-m", "pipeline.distributed", "fitstage"], cwd=multi,
                               env=env(multi, TF_CONFIG=tf_config(2, i, ports)),
                               stdout=open(multi / f"logs/worker{i}.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True) for i in range(2)]
@@ -328,6 +325,14 @@ def test_fit_loop_under_two_workers_is_exact(tmp_path):
         for key in a.files:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
             np.testing.assert_array_equal(b[key], w[key], err_msg=key)  # the workers hold the same model
+
+
+@pytest.mark.slow
+def test_fit_loop_under_two_workers_is_exact(tmp_path):
+    """The shared fit loop (per-epoch shuffle, seeds, validation macro-F1 from a gathered predict, checkpoint
+    units) on 2 workers equals 1 process with the same global batch to float rounding, for a model without
+    batch norm."""
+    assert_fit_stage_exact(tmp_path, sys.executable, "tensorflow")
 
 
 def jax_python() -> str | None:
@@ -347,25 +352,4 @@ def test_fit_loop_under_two_jax_processes_is_exact(tmp_path):
     exe = jax_python()
     if exe is None:
         pytest.skip("JAX is not installed (set PIPELINE_JAX_PYTHON to an interpreter with jax + keras)")
-    for name in ("single", "multi"):
-        (tmp_path / name / "logs").mkdir(parents=True)
-        (tmp_path / name / "fitstage.py").write_text(FIT_STAGE)
-
-    def env(root, **kw):
-        e = env_for(root, KERAS_BACKEND="jax", **kw)
-        e["PYTHONPATH"] = f"{ROOT}{os.pathsep}{root}"
-        return e
-
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    done = subprocess.run([exe, "-m", "pipeline.distributed", "fitstage"], cwd=single, env=env(single),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ports = free_ports(2)
-    procs = [subprocess.Popen([exe, "-m", "pipeline.distributed", "fitstage"], cwd=multi,
-                              env=env(multi, TF_CONFIG=tf_config(2, i, ports)),
-                              stdout=open(multi / f"logs/worker{i}.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True) for i in range(2)]
-    wait_all(procs, multi / "logs")
-    with np.load(single / "artifacts/out.npz") as a, np.load(multi / "artifacts/out.npz") as b:
-        for key in a.files:
-            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert_fit_stage_exact(tmp_path, exe, "jax")
