@@ -22,6 +22,9 @@ endif
 ifneq ($(wildcard $(SHARED)/data/cifar10/cifar10_jpg.zip),)
 export CIFAR10_ZIP ?= $(SHARED)/data/cifar10/cifar10_jpg.zip
 endif
+ifneq ($(wildcard $(SHARED)/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5),)
+export SQUEEZENET_WEIGHTS ?= $(SHARED)/weights/squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5
+endif
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 

@@ -2,9 +2,11 @@
 
 A *chain* is a model whose leaf layers each take the previous one's output (nested models are
 flattened into their layers; a layer called on k copies of one tensor, such as a channel-repeating
-Concatenate, counts as a link). `layer_chain` lists them, `apply_chain` calls them (inference mode),
-`chain_model` wires a fresh functional model from a slice of them, so a classifier can be cut at any
-layer: input -> feature map, feature map -> class scores.
+Concatenate, counts as a link). A branching part between two tensors that every path passes through
+(a SqueezeNet fire module: squeeze -> two expand branches -> Concatenate) becomes one `Segment` link,
+which replays its layers when called. `layer_chain` lists the links, `apply_chain` calls them (inference
+mode), `chain_model` wires a fresh, flat functional model from a slice of them, so a classifier can be
+cut at any link: input -> feature map, feature map -> class scores.
 
 Grad-CAM (Selvaraju et al. 2017): with A the feature map (h, w, K) at the cut and y^c the class
 score before the softmax, weights a_k = mean_ij dy^c/dA_ij^k and CAM = ReLU(sum_k a_k A^k).
@@ -52,6 +54,8 @@ def gradients(fn: Callable, x) -> np.ndarray:
 
 def _copies(layer) -> int:
     """How many inputs the layer was called with (all the same tensor), 0 for a single input."""
+    if isinstance(layer, Segment):
+        return 0
     inp = layer.input
     if not isinstance(inp, (list, tuple)):
         return 0
@@ -61,19 +65,94 @@ def _copies(layer) -> int:
     return len(inp)
 
 
-def layer_chain(model) -> list:
-    """Leaf layers of `model` in call order, nested models flattened, input layers left out.
+def _inputs(layer) -> list:
+    inp = layer.input
+    return list(inp) if isinstance(inp, (list, tuple)) else [inp]
 
-    Raises ValueError when the model is not a chain (a branch or a join of different tensors)."""
+
+def _wiring(model) -> list:
+    """[(layer, its input tensors, called on a list?, its output tensor)] for `model`'s non-input layers in
+    graph order, read from the call (node) of each layer inside `model`'s own graph; a nested model's
+    `.input` would name its inner input, not the tensor it was called on."""
+    known = {id(t) for t in model.inputs}
     out = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, keras.Model):
-            out.extend(layer_chain(layer))
-            continue
-        _copies(layer)
-        out.append(layer)
+        nodes = [n for n in getattr(layer, "_inbound_nodes", [])
+                 if n.input_tensors and all(id(t) in known for t in n.input_tensors)]
+        if not nodes or len(nodes[0].output_tensors) != 1:
+            raise ValueError(f"layer '{layer.name}' of '{model.name}': no single-output call inside the model's "
+                             "graph; the model is not a chain")
+        node = nodes[0]
+        inputs, output = list(node.input_tensors), node.output_tensors[0]
+        known.add(id(output))
+        out.append((layer, inputs, isinstance(layer.input, (list, tuple)) and not isinstance(layer, keras.Model),
+                    output))
+    return out
+
+
+class Segment:
+    """A branching run of layers between two cut tensors, used as one link of a chain: `input` is the
+    tensor it reads, `output` the one it ends with. Calling it replays its layers on a new tensor in
+    graph order (inference mode), so `chain_model` stays flat: every layer of the segment is a layer of
+    the rebuilt model. Compared (analyse's prefix tree) by its layers' configs and weights."""
+
+    def __init__(self, wiring: Sequence, entry, output):
+        self.wiring, self.input, self.output = list(wiring), entry, output
+        self.layers = [w[0] for w in self.wiring]
+        self.name = f"{self.layers[0].name}..{self.layers[-1].name}"
+
+    def __call__(self, x, training=False):
+        values = {id(self.input): x}
+        for layer, inputs, as_list, output in self.wiring:
+            args = [values[id(t)] for t in inputs]
+            values[id(output)] = layer(args if as_list else args[0], training=training)
+        return values[id(self.output)]
+
+    def get_config(self) -> dict:
+        return {"layers": [{"class": type(layer).__name__, **layer.get_config()} for layer in self.layers]}
+
+    def get_weights(self) -> list:
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    @property
+    def weights(self) -> list:
+        return [w for layer in self.layers for w in layer.weights]
+
+
+def _links(model) -> list:
+    """`model`'s layers (input layers left out) grouped into chain links: a layer, a nested model's own
+    links, or a Segment for each branching part between two cut tensors (every later layer reads only
+    tensors made at or after the cut)."""
+    wiring = _wiring(model)
+    made = {id(t): -1 for t in model.inputs}  # tensor -> index of the layer that made it (-1: the input)
+    for i, (_, _, _, output) in enumerate(wiring):
+        made[id(output)] = i
+    reads = [[made[id(t)] for t in inputs] for _, inputs, _, _ in wiring]
+    out, start, entry = [], 0, model.inputs[0]
+    for i, (layer, inputs, _, output) in enumerate(wiring):
+        if any(k < i for j in range(i + 1, len(wiring)) for k in reads[j]):
+            continue                     # a tensor made before layer i is still read later: no cut here
+        part = wiring[start:i + 1]
+        if len(part) == 1 and all(t is entry for t in inputs):
+            out.extend(_links(layer) if isinstance(layer, keras.Model) else [layer])
+        else:
+            if any(isinstance(w[0], keras.Model) for w in part):
+                raise ValueError(f"'{model.name}': a nested model inside a branching part; the model is not a chain")
+            out.append(Segment(part, entry, output))
+        start, entry = i + 1, output
+    if start != len(wiring):
+        raise ValueError(f"'{model.name}': its last layers do not end at one output; the model is not a chain")
+    return out
+
+
+def layer_chain(model) -> list:
+    """Links of `model` in call order: leaf layers, nested models flattened, input layers left out, and
+    a Segment for each branching part (see `_links`).
+
+    Raises ValueError when the model is not a chain of such links."""
+    out = _links(model)
     for prev, layer in zip(out, out[1:]):
         inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
         if tuple(inp.shape[1:]) != tuple(prev.output.shape[1:]):
@@ -110,10 +189,12 @@ def chain_model(layers: Sequence, input_shape, name: str | None = None) -> keras
 
 
 def cam_layer_index(layers: Sequence, min_side: int = 1) -> int:
-    """Index of the layer whose output Grad-CAM reads: the last spatial convolution whose map is at least
+    """Index of the link whose output Grad-CAM reads: the last spatial convolution (or branching Segment of
+    them, such as a fire module) whose map is at least
     `min_side` on its shorter side, extended through the shape-preserving layers after it (BatchNorm,
     ReLU: the rectified block output, before pooling)."""
-    convs = [i for i, layer in enumerate(layers) if type(layer).__name__ in SPATIAL
+    convs = [i for i, layer in enumerate(layers)
+             if (type(layer).__name__ in SPATIAL or (isinstance(layer, Segment) and len(layer.output.shape) == 4))
              and min(layer.output.shape[1:3]) >= min_side]
     if not convs:
         raise ValueError(f"no 2-D convolution with a map of side >= {min_side} in the chain")

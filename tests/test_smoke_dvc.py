@@ -19,17 +19,19 @@ from tests.conftest import committed_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+SQUEEZENET_H5 = ROOT.parent / "shared" / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 # Only what differs from the committed params.yaml: a few records and images, one epoch.
 TINY = {
-    "grid": {"vision": {"datasets": ["breastmnist"], "models": ["alexnet", "vgg16"], "regimes": ["frozen", "finetune"],
-                        "losses": ["ce"]}},
+    "grid": {"vision": {"datasets": ["breastmnist"], "models": ["alexnet", "vgg16", "squeezenet"],
+                        "regimes": ["frozen", "finetune"], "losses": ["ce"]}},
     "ecg_data": {"records": [101, 106, 108, 100, 103], "n_folds": 2},
     "ecg_train": {"limit_beats": 3000,
                   "fit": {"epochs": 1, "batch_size": 256, "learning_rate": 0.001, "patience": 1, "min_delta": 0.001}},
     "evaluate": {"bootstrap": 50},
     "vision_data": {"limit": 48},
     "vision_source": {"limit_per_class": 4},
+    "vision_pretrain": {"squeezenet": {"image_size": 40}},  # ImageNet weights, loaded not trained; small input
     "vision_train": {"limit": 48},
     "ecg_generalise": {"rates": [128]},
     "ecg_robustness": {"noises": ["ma"], "snr_db": [6]},
@@ -63,7 +65,8 @@ def tiny_params() -> dict:
     committed = yaml.safe_load(committed_text("params.yaml"))
     params = profile.merged(committed, profile.overrides(TINY, committed))  # a profile, checked key by key
     for model in params["grid"]["vision"]["models"]:
-        params["vision_pretrain"][model]["fit"]["epochs"] = 1
+        if "fit" in params["vision_pretrain"][model]:
+            params["vision_pretrain"][model]["fit"]["epochs"] = 1
     params["vision_train"]["head_fit"]["epochs"] = 1
     params["vision_train"]["finetune"]["fit"]["epochs"] = 1
     return params
@@ -92,6 +95,7 @@ def test_smoke_dvc_repro(tmp_path):
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     env = dict(os.environ, ECG_MIRROR=str(SHARED / "mitdb"), MEDMNIST_MIRROR=str(SHARED / "medmnist"),
                CIFAR10_ZIP=str(SHARED / "cifar10" / "cifar10_jpg.zip"), NSTDB_MIRROR=str(SHARED / "nstdb"),
+               SQUEEZENET_WEIGHTS=os.environ.get("SQUEEZENET_WEIGHTS", str(SQUEEZENET_H5)),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(proj))
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
@@ -127,6 +131,12 @@ def test_smoke_dvc_repro(tmp_path):
     assert analysis["readings"] and (proj / "artifacts" / "ecg" / "analysis").is_dir()
     vision_analysis = json.loads((proj / "metrics" / "analysis" / "vision.json").read_text())
     assert vision_analysis["readings"] and (proj / "artifacts" / "analysis" / "vision").is_dir()
+    squeeze = json.loads((proj / "artifacts" / "vision" / "pretrain" / "squeezenet" / "backbone.json").read_text())
+    assert squeeze["source"] == "imagenet" and squeeze["input_shape"] == [40, 40, 3]
+    for regime in ("frozen", "finetune"):  # ImageNet squeezenet through train, evaluate and the analyses
+        name = f"breastmnist-squeezenet-{regime}-ce"
+        assert 0 <= json.loads((proj / "metrics" / "vision" / f"{name}.json").read_text())["macro_f1"] <= 1
+        assert vision_analysis["gradcam"][name]["layer"].endswith("fire9_concat")
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

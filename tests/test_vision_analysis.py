@@ -182,9 +182,33 @@ def test_cam_layer_extends_through_bn_relu_and_respects_min_side():
         saliency.cam_layer_index(chain, min_side=9)
 
 
-def test_branching_model_is_not_a_chain():
+def test_branching_part_is_one_segment_link():
+    """A branch-and-join (as in a SqueezeNet fire module) between two cut tensors is one Segment link; the
+    rebuilt chain model is flat (every layer its own) and predicts as the original; Grad-CAM can cut there."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 1, name="stem")(inp)
+    a, b = keras.layers.Conv2D(2, 1, name="left")(x), keras.layers.Conv2D(2, 3, padding="same", name="right")(x)
+    x = keras.layers.Concatenate(name="join")([a, b])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(x))
+    chain = saliency.layer_chain(model)
+    assert [link.name for link in chain] == ["stem", "left..join", "pool", "out"]
+    seg = chain[1]
+    assert isinstance(seg, saliency.Segment) and [w.name for w in seg.layers] == ["left", "right", "join"]
+    assert len(seg.get_weights()) == 4 and seg.get_config()["layers"][2]["class"] == "Concatenate"
+    flat = saliency.chain_model(chain, (6, 6, 2))
+    assert {"left", "right", "join"} <= {layer.name for layer in flat.layers}
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(flat.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert saliency.cam_layer_index(chain) == 1 and saliency.grad_cam(chain, x, [0, 1, 0], 1).shape == (3, 6, 6)
+
+
+def test_nested_model_inside_a_branch_is_not_a_chain():
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, keras.layers.Dense(2)(inner_in), name="inner")
     inp = keras.Input((4,))
-    a, b = keras.layers.Dense(2)(inp), keras.layers.Dense(2)(inp)
+    a, b = inner(inp), keras.layers.Dense(2)(inp)
     with pytest.raises(ValueError, match="not a chain"):
         saliency.layer_chain(keras.Model(inp, keras.layers.Add()([a, b])))
 

@@ -177,7 +177,7 @@ def _blocks(backbone):
 
 
 def test_registry_table_shape():
-    assert list(BACKBONES) == ["alexnet", "vgg16"] and "vgg16" in BACKBONES and "VGG16" not in BACKBONES
+    assert list(BACKBONES) == ["alexnet", "vgg16", "squeezenet"] and "vgg16" in BACKBONES and "VGG16" not in BACKBONES
     for name, spec in BACKBONES.items():
         assert isinstance(spec, BackboneSpec) and spec.name == name and spec.preprocess in MODES
         assert spec.min_size <= spec.native_size
@@ -185,6 +185,13 @@ def test_registry_table_shape():
     assert dict(BACKBONES["alexnet"].arch) == {"stem": "auto", "norm": "batchnorm"}
     assert not BACKBONES["vgg16"].arch and BACKBONES["alexnet"].imagenet is None
     assert BACKBONES["vgg16"].imagenet.env == "VGG16_WEIGHTS"
+    sq = BACKBONES["squeezenet"]
+    assert (sq.imagenet.env, sq.min_size, sq.preprocess, sq.channel_order) == ("SQUEEZENET_WEIGHTS", 31, "caffe", "bgr")
+    assert sq.blocks == tuple(f"block{i}" for i in range(1, 6)) and not sq.arch
+    with pytest.raises(ValueError, match="too small"):  # 28 px MedMNIST must be resized up
+        build_backbone("squeezenet", (28, 28, 3))
+    with pytest.raises(ValueError, match="fixed stem"):
+        build_backbone("squeezenet", (32, 32, 3), stem="small")
     with pytest.raises(ValueError, match="alexnet.*vgg16"):
         BACKBONES["vgg"]  # exact names only
     with pytest.raises(ValueError):  # below its min_size
@@ -201,7 +208,7 @@ def test_registry_is_a_plain_names_tuple_for_configs():
         models: tuple = BACKBONES
 
     d = dataclasses.asdict(Cfg())
-    assert type(d["models"]) is tuple and json.dumps(d) == '{"models": ["alexnet", "vgg16"]}'
+    assert type(d["models"]) is tuple and json.dumps(d) == '{"models": ["alexnet", "vgg16", "squeezenet"]}'
 
 
 # Sums of the seeded (keras.utils.set_random_seed(0)) initial weights of
@@ -229,6 +236,7 @@ def test_seeded_weights_unchanged(name):
 @pytest.mark.parametrize("name, want", [
     ("alexnet", [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]),  # imagenet mean/std
     ("vgg16", [0 - 103.939, 0 - 116.779, 255 - 123.68]),  # caffe: BGR, mean-subtracted
+    ("squeezenet", [0 - 103.939, 0 - 116.779, 255 - 123.68]),  # caffe, as published
 ])
 def test_per_model_normalisation_inside_model(name, want):
     model = build_classifier(build_backbone(name, (32, 32, 3)), 2, head_units=4)

@@ -156,7 +156,34 @@ def test_imagenet_vgg16_from_local_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.get_weights()[-1], reference.get_weights()[-1])
 
 
+def test_imagenet_squeezenet_pretrain_at_its_own_size(tmp_path, monkeypatch):
+    """squeezenet `imagenet` from env SQUEEZENET_WEIGHTS, at its own image_size (not the shared one); the
+    transfer stages then rebuild exactly those weights at that input side."""
+    from vision import squeezenet as sq
+    weights = tmp_path / "squeezenet_notop.weights.h5"
+    reference = sq.build_squeezenet((40, 40, 3))
+    reference.save_weights(weights)  # a Keras-3 weights file of the same layers (the shared h5: test_squeezenet)
+    monkeypatch.setenv("SQUEEZENET_WEIGHTS", str(weights))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    c = replace(train_config.VisionPretrain(), mixed_precision="off",
+                squeezenet=train_config.SqueezenetPretrain(image_size=48))
+    assert c.input_side("squeezenet") == 48 and c.input_side("vgg16") == c.image_size == 32
+    assert c.run_config("squeezenet")["squeezenet"]["image_size"] == 48
+    assert "image_size" not in c.run_config("vgg16")["vgg16"]  # the other backbones' fingerprints are unchanged
+    info = pretrain.pretrain("squeezenet", c, tmp_path / "no-source-data-needed", tmp_path / "out", tmp_path / "run")
+    assert info["source"] == "imagenet" and info["input_shape"] == [48, 48, 3]
+    assert info["params_count"] == sq.N_PARAMS and info["weights_file"] == str(weights)
+    loaded, _ = checkpoint.load_backbone(tmp_path / "out")
+    assert loaded.input_shape == (None, 48, 48, 3)
+    for a, b in zip(loaded.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("raw, match", [
+    ({"squeezenet": {"image_size": 28}}, "squeezenet.image_size: 28 px is below squeezenet's smallest"),
+    ({"image_size": 16, "squeezenet": {"image_size": 112}}, "image_size: 16 px is below vgg16's smallest"),
+    ({"squeezenet": {"weights": "source:cifar100"}}, "cifar10"),
     ({"alexnet": {"weights": "imagenet"}}, "no ImageNet weights exist for alexnet"),
     ({"vgg16": {"weights": "source:imagenet21k"}}, "cifar10"),
     ({"resnet": {"weights": "imagenet"}}, "unknown key"),

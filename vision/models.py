@@ -29,6 +29,7 @@ from types import MappingProxyType
 import keras
 import numpy as np
 
+from vision import squeezenet
 from vision.alexnet import build_alexnet
 from vision.preprocess import MODES, match_channels, normalise
 
@@ -117,6 +118,13 @@ def _build_vgg16(input_shape, *, weights=None, stem="auto", norm="batchnorm"):
                                     weights=None if weights is None else str(weights))
 
 
+def _build_squeezenet(input_shape, *, weights=None, stem="auto", norm="batchnorm"):
+    del norm  # SqueezeNet v1.1 has no normalisation layers
+    if stem not in ("auto", "imagenet"):
+        raise ValueError(f"squeezenet has a fixed stem; stem must be 'auto' or 'imagenet', got '{stem}'")
+    return squeezenet.build_squeezenet(input_shape, weights=weights)
+
+
 _BLOCKS5 = tuple(f"block{i}" for i in range(1, 6))
 
 BACKBONES = Registry([
@@ -127,6 +135,10 @@ BACKBONES = Registry([
                      url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                          "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
                      md5="6d6bbae143d832006294945121d1f1fc", env="VGG16_WEIGHTS")),
+    BackboneSpec("squeezenet", _build_squeezenet, native_size=squeezenet.NATIVE_SIZE, min_size=squeezenet.MIN_SIZE,
+                 preprocess=squeezenet.PREPROCESS, blocks=squeezenet.BLOCKS,
+                 imagenet=PretrainedWeights(url=squeezenet.WEIGHTS_URL, md5=squeezenet.WEIGHTS_MD5,
+                                            env=squeezenet.WEIGHTS_ENV)),
 ])
 
 
@@ -134,9 +146,9 @@ def build_backbone(name: str, input_shape, *, stem: str = "auto", norm: str = "b
                    weights: str | Path | None = None) -> keras.Model:
     """Return the convolutional backbone ``name`` (features, no head).
 
-    ``stem``/``norm`` configure AlexNet (see vision.alexnet); VGG16 is Keras's
-    unmodified architecture (no normalisation layers, so ``norm`` is unused)
-    and accepts only stem "auto"/"imagenet".  ``weights``: None (random init)
+    ``stem``/``norm`` configure AlexNet (see vision.alexnet); VGG16 (Keras's
+    unmodified architecture) and SqueezeNet v1.1 (vision.squeezenet) have no
+    normalisation layers, so ``norm`` is unused, and accept only stem "auto"/"imagenet".  ``weights``: None (random init)
     or the path of a weights file; nothing is ever downloaded.
     """
     spec = BACKBONES[name]

@@ -5,7 +5,8 @@
 vision_pretrain.<model>.weights:
   source:<dataset>  train backbone + a throw-away head from scratch on data/vision/source_<dataset>.npz
                     (fit loop with early stopping on validation macro-F1, resumable)
-  imagenet          VGG16 only: Keras's ImageNet weights (Keras download cache or env VGG16_WEIGHTS)
+  imagenet          vgg16 / squeezenet: published ImageNet weights (Keras download cache, md5-checked, or
+                    env VGG16_WEIGHTS / SQUEEZENET_WEIGHTS / vision_pretrain.<model>.weights_file)
 Writes artifacts/vision/pretrain/<model>/backbone.keras + backbone.json (provenance, sha256).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def pretrain(model_name: str, cfg, data_dir: Path, out_dir: Path, run_dir: Path)
     own = cfg.backbone(model_name)
     source = own.weights
     policy = device.configure(cfg.mixed_precision)
-    shape = (cfg.image_size, cfg.image_size, 3)
+    shape = (cfg.input_side(model_name),) * 2 + (3,)
     info = {"model": model_name, "source": source, "input_shape": list(shape),
             "arch": arch_kwargs(model_name, cfg), "precision_policy": policy}
     metrics, history = {}, {}

@@ -89,7 +89,8 @@ SECTIONS = (
 REPORT = ArmReport(
     name="vision", title="Medical image classification", unit="image", group="image",
     keys=("dataset", "model", "regime", "loss"), template=Path(__file__).with_name("report.html"),
-    question="should the pretrained backbone stay frozen or be fine-tuned, and does AlexNet or VGG16 transfer better?",
+    question="should the pretrained backbone stay frozen or be fine-tuned, and which backbone transfers best: AlexNet "
+             "or VGG16 pretrained here on CIFAR-10, or SqueezeNet with its published ImageNet weights?",
     plans=(Plan(fixed=("dataset", "model", "loss"), vary="regime"),
            Plan(fixed=("dataset", "regime", "loss"), vary="model", suffix=" (backbones compared)")),
     choice=("dataset",), load_data=load_data, render_error=lambda x, data, extra: (image(x), "image"),

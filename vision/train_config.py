@@ -6,9 +6,12 @@ its regime's keys, its model's `unfreeze_from` and its loss's section (`run_conf
 Backbone sources (`vision_pretrain.<model>.weights`):
   "source:<dataset>"  pretrain the backbone from scratch on a source set that
                       `vision.ingest --source-set <dataset>` prepared (only cifar10 here)
-  "imagenet"          VGG16 only: Keras's ImageNet weights, downloaded once into the
-                      Keras cache (~/.keras/models), or the local file named by env
-                      VGG16_WEIGHTS / `vision_pretrain.vgg16.weights_file`
+  "imagenet"          backbones with published ImageNet weights (vgg16, squeezenet): downloaded
+                      once into the Keras cache (~/.keras/models, md5-checked), or the local
+                      file named by env VGG16_WEIGHTS / SQUEEZENET_WEIGHTS or
+                      `vision_pretrain.<model>.weights_file`
+A backbone section may set its own `image_size` (squeezenet: ImageNet features need a
+larger input than the CIFAR-sized 32 px the others use); null = the shared one.
 """
 from __future__ import annotations
 
@@ -48,6 +51,13 @@ class Vgg16Pretrain(BackbonePretrain):
 
 
 @dataclass(frozen=True)
+class SqueezenetPretrain(BackbonePretrain):
+    weights: str = "imagenet"
+    weights_file: str | None = None     # local notop .h5 for "imagenet"; env SQUEEZENET_WEIGHTS overrides
+    image_size: int | None = None       # this backbone's input side; null = vision_pretrain.image_size
+
+
+@dataclass(frozen=True)
 class VisionPretrain:
     seed: int = 0
     image_size: int = 32              # backbone input side; transfer stages resize their images to it
@@ -58,9 +68,14 @@ class VisionPretrain:
     mixed_precision: str = "auto"
     alexnet: AlexnetPretrain = field(default_factory=AlexnetPretrain)
     vgg16: Vgg16Pretrain = field(default_factory=Vgg16Pretrain)
+    squeezenet: SqueezenetPretrain = field(default_factory=SqueezenetPretrain)
 
     def validate(self) -> None:
         for model in BACKBONES:
+            if self.input_side(model) < BACKBONES[model].min_size:
+                key = f"{model}.image_size" if getattr(self.backbone(model), "image_size", None) else "image_size"
+                raise ParamsError(f"{key}: {self.input_side(model)} px is below {model}'s smallest input side "
+                                  f"({BACKBONES[model].min_size} px)")
             source = self.backbone(model).weights
             if source == "imagenet":
                 if BACKBONES[model].imagenet is None:
@@ -81,6 +96,10 @@ class VisionPretrain:
             raise ValueError(f"unknown backbone {model!r}; valid: {list(BACKBONES)}")
         return getattr(self, model)
 
+    def input_side(self, model: str) -> int:
+        """The backbone's input side: its own image_size if its section sets one, else the shared one."""
+        return getattr(self.backbone(model), "image_size", None) or self.image_size
+
     def run_config(self, model: str) -> dict:
         """Exactly the knobs the pretrain stage of `model` reads: provenance and resume fingerprint."""
         return {"seed": self.seed, "image_size": self.image_size, "head_units": list(self.head_units),
@@ -97,6 +116,7 @@ def source_set(source: str) -> str | None:
 class UnfreezeFrom:
     alexnet: str | None = "block4"  # null = every block
     vgg16: str | None = "block5"
+    squeezenet: str | None = None   # every fire module (no BatchNorm to keep frozen)
 
 
 @dataclass(frozen=True)
