@@ -247,6 +247,17 @@ def test_different_test_sets_in_one_dataset_are_refused(tmp_path, runs):
         run_stage(tmp_path, runs)
 
 
+def test_empty_parts_say_why(tmp_path, runs):
+    for d in runs.glob("*-squeezenet-*"):
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    m = run_stage(tmp_path, runs, anchors={})
+    assert m["frozen_vs_finetune"] == {"none": {"note": "no squeezenet run (see readings: missing)"}}
+    assert list(m["goal"]) == ["none"] and "no anchor" in m["readings"]["missing"]
+    assert "intermediate_bar" not in m["readings"] and "breastmnist has no ImageNet run" in m["readings"]["missing"]
+
+
 def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained runs"):
         run_stage(tmp_path, tmp_path / "empty")

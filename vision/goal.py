@@ -326,6 +326,12 @@ def analyse(runs: list[dict], cfg: Config, root: Path) -> dict:
     out = {"setting": setting, "goal": goal, "chosen": chosen, "anchors": anchors, "imagenet_vs_cifar": versus,
            "frozen_vs_finetune": regimes}
     out["readings"] = readings(out, datasets, missing, cfg)
+    empty = {"goal": "no dataset has both a chosen run and an anchor", "chosen": "no run of a known family",
+             "anchors": "no dataset has both a chosen run and an anchor",
+             "frozen_vs_finetune": f"no {cfg.regime_model} run"}
+    for part, why in empty.items():   # an empty part would read as missing in the report: say why instead
+        if not out[part]:
+            out[part] = {"none": {"note": f"{why} (see readings: missing)"}}
     out["method"] = methods(cfg)
     return out
 
