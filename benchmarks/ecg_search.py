@@ -502,8 +502,9 @@ def train_variant(v: Variant, cfg, feats: dict, data: dict, splits, args, seed: 
               "first_predict_s": round(predict_times[0], 3), "beat_epochs": int(sum(epoch_beats)),
               "folds": per_fold, "config": asdict(v)}
     if args.save_oof:
-        np.savez(Path(args.out) / f"oof_{v.name}_s{seed}.npz", probs=oof[scored].astype(np.float16), y=y[scored],
-                 record=data["record"][scored], sample=data["sample"][scored])
+        np.savez_compressed(Path(args.out) / f"oof_{v.name}_s{seed}.npz", probs=oof[scored].astype(np.float16),
+                            y=y[scored].astype(np.int8), record=data["record"][scored].astype(np.int16),
+                            sample=data["sample"][scored].astype(np.int32))
     return record, trainer
 
 
