@@ -35,6 +35,16 @@ one later may still run), and one that runs past --budget-s + --grace-s is abort
 
 Runs on any Keras 3 backend with keras + keras.ops + numpy (the GPU machine has JAX and no TensorFlow);
 float32 policy throughout (ecg.models.BeatAugment draws its noise in float32).
+
+Device run (carry ["artifacts/ecg_search", ".whl"]; .whl holds the keras/namex/optree wheels of
+`bash benchmarks/gpu.sh --fetch-wheels`), from the repository root:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=$PWD:/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 &&
+    timeout 355 python3 benchmarks/ecg_search.py run --data artifacts/ecg_search/ds1.npz --out $OUT/ecg_search --budget-s 330
+
+`--quick` (2,000 beats per fold, 1 epoch, the first 2 variants) checks the code path on a CPU in well
+under a minute; its figures are not measurements.
 """
 from __future__ import annotations
 
