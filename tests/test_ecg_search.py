@@ -229,16 +229,26 @@ params = {}
 for name in ("lenet1d", "dilated1d", "resnet1d"):
     v = es.Variant(name, "probe", model=name, context="channels", rich_rr=True)
     params[name] = int(es.build_model(v, cfg, 253, 15, 4).count_params())
-make_loss("focal", class_counts=[1, 1, 1, 1, 1], alpha="none")
+# the search applies focal's class alpha as per-beat sample weights: the same loss as the project's focal
+import numpy as np
+rng = np.random.default_rng(0)
+counts = np.array([900.0, 40, 50, 10, 2])
+y = rng.integers(0, 5, 64)
+onehot = np.eye(5, dtype="float32")[y]
+probs = rng.dirichlet(np.ones(5), 64).astype("float32")
+project = float(make_loss("focal", class_counts=counts, alpha="sqrt_inverse", gamma=2.0)(onehot, probs))
+w = class_weights(counts, "sqrt_inverse").astype("float32")
+search = float(make_loss("focal", class_counts=np.ones(5), alpha="none", gamma=2.0)(onehot, probs, sample_weight=w[y]))
 print("RESULT " + json.dumps({"backend": keras.backend.backend(), "params": params, "attempts": attempts,
-                              "tensorflow_loaded": "tensorflow" in sys.modules}))
+                              "tensorflow_loaded": "tensorflow" in sys.modules, "focal": [project, search]}))
 """
 
 
 def test_search_imports_and_builds_without_tensorflow():
     """The device has JAX and no TensorFlow: the script and every project module it uses must import, and
     all three model families must build, where project files cannot import tensorflow (strict on JAX when
-    this Python has it; on the TensorFlow backend, Keras itself may load it)."""
+    this Python has it; on the TensorFlow backend, Keras itself may load it). Also: the focal loss with its
+    class alpha moved into per-beat sample weights (how the search trains) equals the project's focal loss."""
     has_jax = subprocess.run([sys.executable, "-c", "import jax"], capture_output=True, timeout=120).returncode == 0
     mode, backend = ("strict", "jax") if has_jax else ("project", "tensorflow")
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -252,3 +262,5 @@ def test_search_imports_and_builds_without_tensorflow():
     if mode == "strict":
         assert not out["tensorflow_loaded"]
     assert all(n > 1000 for n in out["params"].values()), out["params"]
+    project, search = out["focal"]
+    assert project > 0 and abs(project - search) <= 1e-5 * project, out["focal"]
