@@ -45,6 +45,7 @@ TINY = {
                      "representative": 64, "noise_draws": 1,
                      "latency": {"repeats": 5, "warmup": 1, "large_batch": 64}},
     "analyse_ecg": {"dead_beats": 2000, "saliency_beats": 20, "windows": 4},
+    "goal_vision": {"bootstrap": 20},
     "analyse_vision": {"bootstrap": 20, "noise_sigma": [25.5], "blur_sigma": [1.0], "dead_images": 16},
     "insight_ecg": {"smoothing": [0.0, 0.1],
                     "fit": {"epochs": 1, "batch_size": 256, "learning_rate": 0.001, "patience": 1, "min_delta": 0.001}},
@@ -137,6 +138,8 @@ def test_smoke_dvc_repro(tmp_path):
         name = f"breastmnist-squeezenet-{regime}-ce"
         assert 0 <= json.loads((proj / "metrics" / "vision" / f"{name}.json").read_text())["macro_f1"] <= 1
         assert vision_analysis["gradcam"][name]["layer"].endswith("fire9_concat")
+    goal = json.loads((proj / "metrics" / "analysis" / "goal_vision.json").read_text())
+    assert goal["readings"] and "breastmnist" in json.dumps(goal["imagenet_vs_cifar"])
     assert (proj / "reports" / "index.html").exists()
     status = subprocess.run(["dvc", "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

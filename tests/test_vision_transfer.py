@@ -136,6 +136,26 @@ def test_backbone_checkpoint_rebuilds_under_current_policy(tmp_path):
         checkpoint.load_backbone(tmp_path)
 
 
+def test_saved_models_are_byte_reproducible(tmp_path):
+    """Saving the same weights twice (a later second apart) gives the same bytes and sha256, so a stage that
+    restores its fit rewrites an identical file; other weights give another hash; the file loads back."""
+    import time
+    import zipfile
+    model = build_classifier(build_backbone("alexnet", (32, 32, 3)), 2, input_shape=(28, 28, 1), head_units=4)
+    a = checkpoint.save_model(model, tmp_path / "a.keras")
+    time.sleep(1.1)
+    b = checkpoint.save_backbone(model, tmp_path / "b")
+    assert a == b and (tmp_path / "a.keras").read_bytes() == (tmp_path / "b" / "backbone.keras").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.keras") as z:
+        assert {i.date_time for i in z.infolist()} == {checkpoint.FIXED_TIME}
+        assert json.loads(z.read("metadata.json"))["keras_version"] == keras.__version__
+    loaded = keras.models.load_model(tmp_path / "a.keras", compile=False)
+    for u, v in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    model.get_layer("predictions").set_weights([w + 1 for w in model.get_layer("predictions").get_weights()])
+    assert checkpoint.save_model(model, tmp_path / "c.keras") != a
+
+
 def test_imagenet_vgg16_from_local_file(tmp_path, monkeypatch):
     """`imagenet` with env VGG16_WEIGHTS: no download; the checkpoint records the file's hash."""
     weights = tmp_path / "vgg16_notop.weights.h5"

@@ -6,7 +6,9 @@ checkpoint's sha256, which the transfer stages record as provenance.
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -18,11 +20,43 @@ VGG16_NOTOP_URL = BACKBONES["vgg16"].imagenet.url
 VGG16_NOTOP_MD5 = BACKBONES["vgg16"].imagenet.md5  # the hash keras.applications.VGG16 checks
 
 
+def save_model(model: keras.Model, path: Path | str) -> str:
+    """Write `model` to the .keras file `path` atomically and byte-reproducibly; return its sha256.
+
+    Keras stamps the save time into the archive (metadata.json's date_saved and the weights entry's
+    zip timestamp); everything else it writes is a function of the model. Both stamps are set to a
+    fixed value, so saving the same weights again gives the same bytes: a stage that restores its fit
+    from a checkpoint rewrites an identical file, and the stages downstream (whose resume fingerprints
+    hold this hash) stay valid instead of retraining."""
+    path = Path(path)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        _normalise_archive(Path(tmp))
+    return sha256_file(path)
+
+
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _normalise_archive(path: Path) -> None:
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                if "date_saved" in meta:
+                    meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_TIME)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            z.writestr(fixed, data)
+
+
 def save_backbone(backbone: keras.Model, out_dir: Path | str) -> str:
-    """Write <out_dir>/backbone.keras; return its sha256 (the caller writes backbone.json with it)."""
-    with atomic_path(Path(out_dir) / "backbone.keras", suffix=".keras") as tmp:
-        backbone.save(tmp)
-    return sha256_file(Path(out_dir) / "backbone.keras")
+    """Write <out_dir>/backbone.keras (byte-reproducibly, `save_model`); return its sha256 (the caller
+    writes backbone.json with it)."""
+    return save_model(backbone, Path(out_dir) / "backbone.keras")
 
 
 def write_info(out_dir: Path | str, info: dict) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import device, tracking
-from pipeline.io import atomic_path, fingerprint, read_json, write_json
+from pipeline.io import fingerprint, read_json, write_json
 from pipeline.losses import LOSSES, loss_from_params
 from pipeline.stage import run_args
 from vision import dataset, train_config
-from vision.checkpoint import load_backbone
+from vision.checkpoint import load_backbone, save_model
 from vision.models import BACKBONES, REGIMES
 from vision.transfer import transfer
 
@@ -64,8 +64,7 @@ def train(dataset_name: str, model_name: str, regime: str, loss_name: str, cfg, 
         tracking.log_params(mlflow, {f"model_info.{k}": v for k, v in model_info.items()})
         mlflow.log_metric("val_macro_f1", rec["val_macro_f1"])
         run_id = mlflow.active_run().info.run_id
-    with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+    save_model(model, out_dir / "model.keras")  # byte-reproducible: a restored fit rewrites the same file
     record = {"dataset": dataset_name, "model": model_name, "regime": regime, "loss": loss_name,
               "class_names": meta["class_names"], "model_info": model_info, "train_counts": counts.tolist(),
               "n": {s: len(im.y) for s, im in splits.items()}, **{k: v for k, v in rec.items() if k != "trainable"},
