@@ -196,27 +196,7 @@ def test_quick_run_writes_table_with_finite_scores(tmp_path):
     assert "| lenet1d_base |" in md and "| dil_all |" in md and "OOF macro-F1" in md
 
 
-_NO_TF_PROBE = r"""
-import importlib.util, json, os, sys
-ROOT, MODE = sys.argv[1], sys.argv[2]
-attempts = []
-
-class NoTensorFlow:
-    # Refuses `tensorflow`: every import in "strict" mode, only those a project file asks for in "project" mode.
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            frame = sys._getframe(1)
-            while frame and ("importlib" in frame.f_code.co_filename or "<frozen" in frame.f_code.co_filename):
-                frame = frame.f_back
-            where = frame.f_code.co_filename if frame else "?"
-            project = where.startswith(ROOT + os.sep) and os.sep + ".venv" + os.sep not in where
-            if MODE == "strict" or project:
-                attempts.append([name, where])
-                raise ImportError(f"tensorflow is blocked ({name}, asked by {where})")
-        return None
-
-sys.meta_path.insert(0, NoTensorFlow())
-sys.path.insert(0, ROOT)
+_SEARCH_PROBE = r"""
 spec = importlib.util.spec_from_file_location("ecg_search", os.path.join(ROOT, "benchmarks", "ecg_search.py"))
 es = importlib.util.module_from_spec(spec)
 sys.modules["ecg_search"] = es
@@ -239,8 +219,7 @@ probs = rng.dirichlet(np.ones(5), 64).astype("float32")
 project = float(make_loss("focal", class_counts=counts, alpha="sqrt_inverse", gamma=2.0)(onehot, probs))
 w = class_weights(counts, "sqrt_inverse").astype("float32")
 search = float(make_loss("focal", class_counts=np.ones(5), alpha="none", gamma=2.0)(onehot, probs, sample_weight=w[y]))
-print("RESULT " + json.dumps({"backend": keras.backend.backend(), "params": params, "attempts": attempts,
-                              "tensorflow_loaded": "tensorflow" in sys.modules, "focal": [project, search]}))
+out.update(params=params, focal=[project, search])
 """
 
 
@@ -249,18 +228,8 @@ def test_search_imports_and_builds_without_tensorflow():
     all three model families must build, where project files cannot import tensorflow (strict on JAX when
     this Python has it; on the TensorFlow backend, Keras itself may load it). Also: the focal loss with its
     class alpha moved into per-beat sample weights (how the search trains) equals the project's focal loss."""
-    has_jax = subprocess.run([sys.executable, "-c", "import jax"], capture_output=True, timeout=120).returncode == 0
-    mode, backend = ("strict", "jax") if has_jax else ("project", "tensorflow")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", _NO_TF_PROBE, str(ROOT), mode], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
-    assert out["backend"] == backend
-    assert not out["attempts"], f"project files tried to import tensorflow: {out['attempts']}"
-    if mode == "strict":
-        assert not out["tensorflow_loaded"]
+    from tests.no_tf import run_without_tensorflow
+    out = run_without_tensorflow(_SEARCH_PROBE)
     assert all(n > 1000 for n in out["params"].values()), out["params"]
     project, search = out["focal"]
     assert project > 0 and abs(project - search) <= 1e-5 * project, out["focal"]

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -160,75 +159,35 @@ def test_vision_trains_under_mixed_precision(gpu, tmp_path, policy):
 
 # ----------------------------------------------------------------------------- backend-agnostic imports
 
-_NO_TF_PROBE = textwrap.dedent("""
-    import importlib, importlib.util, json, os, sys, traceback
-    ROOT, MODE = sys.argv[1], sys.argv[2]
-    attempts = []
-
-    def project_file(path):
-        return path.startswith(ROOT + os.sep) and os.sep + ".venv" + os.sep not in path
-
-    class NoTensorFlow:
-        # Refuses `tensorflow` (and its submodules): every import in "strict" mode, only those a project
-        # file asks for in "project" mode (Keras's own TensorFlow backend may load it); records who asked.
-        def find_spec(self, name, path=None, target=None):
-            if name == "tensorflow" or name.startswith("tensorflow."):
-                frame = sys._getframe(1)
-                while frame and ("importlib" in frame.f_code.co_filename or "<frozen" in frame.f_code.co_filename):
-                    frame = frame.f_back
-                where = frame.f_code.co_filename if frame else "?"
-                if MODE == "strict" or project_file(where):
-                    attempts.append([name, where])
-                    raise ImportError(f"tensorflow is blocked ({name}, asked by {where})")
-            return None
-
-    sys.meta_path.insert(0, NoTensorFlow())
-    sys.path.insert(0, ROOT)
-    spec = importlib.util.spec_from_file_location("gpu_bench", os.path.join(ROOT, "benchmarks", "gpu.py"))
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    out = {"modules": {}, "attempts": attempts}
-    for name in gpu.PROJECT_MODULES:
-        try:
-            importlib.import_module(name)
-            out["modules"][name] = "ok"
-        except Exception:
-            out["modules"][name] = traceback.format_exc(limit=3)
-    import keras
-    out["backend"] = keras.backend.backend()
-    from ecg import models, train_config
-    from vision.models import build_backbone, build_classifier
-    out["ecg_params"] = {n: models.build(n, 253, 5, 5, **train_config.EcgTrain().model_kwargs(n))[1]["params"]
-                         for n in ("lenet1d", "dilated1d")}
-    vgg = build_classifier(build_backbone("vgg16", (224, 224, 3)), 10)
-    out["vgg_forward_flops"] = gpu.forward_flops(vgg)
-    out["tensorflow_loaded"] = "tensorflow" in sys.modules
-    print("RESULT " + json.dumps(out))
-""")
+_GPU_PROBE = """
+spec = importlib.util.spec_from_file_location("gpu_bench", os.path.join(ROOT, "benchmarks", "gpu.py"))
+gpu = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu)
+out["modules"] = {}
+for name in gpu.PROJECT_MODULES:
+    try:
+        importlib.import_module(name)
+        out["modules"][name] = "ok"
+    except Exception:
+        out["modules"][name] = traceback.format_exc(limit=3)
+from ecg import models, train_config
+from vision.models import build_backbone, build_classifier
+out["ecg_params"] = {n: models.build(n, 253, 5, 5, **train_config.EcgTrain().model_kwargs(n))[1]["params"]
+                     for n in ("lenet1d", "dilated1d")}
+vgg = build_classifier(build_backbone("vgg16", (224, 224, 3)), 10)
+out["vgg_forward_flops"] = gpu.forward_flops(vgg)
+"""
 
 
 def test_gpu_benchmark_modules_import_without_tensorflow():
     """The GPU machine has no TensorFlow: every project module benchmarks/gpu.py imports must import, and
-    the models it benchmarks must build, where `import tensorflow` fails. With JAX installed the probe runs
-    on Keras's JAX backend with TensorFlow refused outright ("strict"); without it (this project's lock has
-    only TensorFlow) on the TensorFlow backend, refusing the imports that project files make ("project").
+    the models it benchmarks must build, where `import tensorflow` fails (tests/no_tf.py: strict on JAX
+    when this Python has it, else on the TensorFlow backend refusing the imports project files make).
     Also checks the FLOP count the bf16-peak fraction rests on."""
-    has_jax = subprocess.run([sys.executable, "-c", "import jax"], capture_output=True, timeout=120).returncode == 0
-    mode, backend = ("strict", "jax") if has_jax else ("project", "tensorflow")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", _NO_TF_PROBE, str(ROOT), mode], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
-    assert out["backend"] == backend
+    from tests.no_tf import run_without_tensorflow
+    out = run_without_tensorflow(_GPU_PROBE)
     failed = {name: tb for name, tb in out["modules"].items() if tb != "ok"}
     assert not failed, failed
-    project_attempts = [a for a in out["attempts"] if ROOT.as_posix() in a[1] and "/.venv/" not in a[1]]
-    assert not project_attempts, f"project modules tried to import tensorflow: {project_attempts}"
-    if mode == "strict":
-        assert not out["tensorflow_loaded"]
     assert out["ecg_params"]["lenet1d"] > 0 and out["ecg_params"]["dilated1d"] > 0
     # VGG16's 13 convs at 224 px: 15.35 GMACs (Simonyan & Zisserman; 15.47 with the 3 FC layers this
     # classifier replaces by a small head), so ~30.7 GFLOP forward.
