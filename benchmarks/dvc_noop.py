@@ -8,6 +8,11 @@ both pipelines are fully up to date; then each command is timed `--repeat` times
 two trees so that machine load hits both alike. Prints medians and the ratio new/reference.
 The reference default, ef75b88, is the last commit before the params/dvc.yaml restructuring
 (issue 8 measured 3.3 s and 6 s for its no-op on two machines).
+
+`--floor` adds three synthetic pipelines timed in the same rotation, to show what DVC itself costs:
+"floor-1" (one trivial stage: cp, one dep, one out, one key of a one-line params file), "floor-N" (as many
+trivial stages as the current pipeline) and "floor-N+params" (the same, each stage reading one key of the
+project's params.yaml). The difference between the last two is DVC re-reading params.yaml once per stage.
 """
 from __future__ import annotations
 
@@ -74,6 +79,29 @@ def stand_in_outputs(dest: Path) -> int:
     return len(outs)
 
 
+def synthetic_tree(dest: Path, n: int, params_text: str | None) -> None:
+    """`n` trivial stages (cp in<i>.txt out<i>.txt), each reading one params key: of a one-line file, or
+    (params_text) of that text, where it reads the first top-level section's first key."""
+    run(["git", "init", "-q"], dest)
+    if params_text is None:
+        (dest / "params.yaml").write_text("k: 1\n")
+        key = "k"
+    else:
+        (dest / "params.yaml").write_text(params_text)
+        import yaml
+        loaded = yaml.safe_load(params_text)
+        section = next(iter(loaded))
+        key = f"{section}.{next(iter(loaded[section]))}" if isinstance(loaded[section], dict) else section
+    stages = []
+    for i in range(n):
+        (dest / f"in{i}.txt").write_text(f"{i}\n")
+        stages.append(f"  s{i}:\n    cmd: cp in{i}.txt out{i}.txt\n    deps: [in{i}.txt]\n"
+                      f"    params: [{key}]\n    outs: [out{i}.txt]\n")
+    (dest / "dvc.yaml").write_text("stages:\n" + "".join(stages))
+    run([*DVC, "init", "-q", "--force"], dest)
+    run([*DVC, "repro", "-q"], dest)
+
+
 def n_stages(dest: Path) -> int:
     return len(run([*DVC, "stage", "list", "--name-only"], dest).stdout.split())
 
@@ -88,6 +116,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", default="ef75b88")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--floor", action="store_true", help="also time synthetic pipelines of trivial stages")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"reference": Path(tmp) / "reference", "current": Path(tmp) / "current"}
@@ -95,6 +124,14 @@ def main(argv=None) -> int:
             dest.mkdir()
             export_tree(dest, args.reference if name == "reference" else None)
             print(f"{name}: {n_stages(dest)} stages, {stand_in_outputs(dest)} outputs committed", flush=True)
+        if args.floor:
+            n = n_stages(trees["current"])
+            for name, count, text in (("floor-1", 1, None), ("floor-N", n, None),
+                                      ("floor-N+params", n, (ROOT / "params.yaml").read_text())):
+                trees[name] = Path(tmp) / name
+                trees[name].mkdir()
+                synthetic_tree(trees[name], count, text)
+                print(f"{name}: {count} trivial stages", flush=True)
         commands = {"dvc status": [*DVC, "status"], "dvc repro (no-op)": [*DVC, "repro"]}
         times = {(c, t): [] for c in commands for t in trees}
         for _ in range(args.repeat):
@@ -103,9 +140,13 @@ def main(argv=None) -> int:
                     times[(c, t)].append(time_once(cmd, dest))
         print(f"\nmedian of {args.repeat} runs, same machine, alternating trees:")
         for c in commands:
-            ref, cur = (statistics.median(times[(c, t)]) for t in trees)
+            med = {t: statistics.median(times[(c, t)]) for t in trees}
+            ref, cur = med["reference"], med["current"]
             print(f"  {c:18s} reference {ref:6.2f} s   current {cur:6.2f} s   ratio {cur / ref:5.2f}  "
                   f"(target <= 0.33)")
+            for t in trees:
+                if t.startswith("floor"):
+                    print(f"  {'':18s} {t:15s} {med[t]:6.2f} s   ratio to reference {med[t] / ref:5.2f}")
     return 0
 
 
