@@ -8,7 +8,10 @@ run of each name this prints the run's wall seconds, each phase's seconds, the e
 (artifacts/vision/<run>/train.json) and the training images/s of the fine-tune phase
 (train images x epochs / phase seconds). A phase restored from its checkpoint (a rerun) takes about 0 s; the
 frozen and finetune runs of one (dataset, model, loss) share their head phase, so only the first of them
-trains it, and only the first run of a (dataset, model) computes the cached features (inside its run's time).
+trains it, and only the first run of a (dataset, model) computes the cached features (before its head phase).
+The run's own end time is not the training's: evaluate_vision reopens the run to log its test metrics. So the
+stage's wall time is bounded by "to next s": from this run's start to the next train_vision run's start, when
+`dvc repro` ran the train stages one after another (process start-up and model saving included).
 Uses MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root, as the stages do.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=str(ROOT / "artifacts" / "vision"))
     args = ap.parse_args(argv)
     runs = newest_runs()
+    starts = sorted(v["start"] for k, v in runs.items() if " " not in k)
     rows = []
     for train_json in sorted(Path(args.runs).glob("*/train.json")):
         rec = json.loads(train_json.read_text())
@@ -55,13 +59,16 @@ def main(argv=None) -> int:
         head, ft = runs.get(f"{name} head", {}).get("seconds"), runs.get(f"{name} finetune", {}).get("seconds")
         epochs = (rec.get("finetune") or {}).get("epochs_run")
         rate = rec["n"]["train"] * epochs / ft if ft and epochs else None
-        rows.append((name, runs[name]["seconds"], head, ft, epochs, rate, str(runs[name]["start"])[:16]))
+        start = runs[name]["start"]
+        later = [t for t in starts if t > start]
+        slot = (later[0] - start).total_seconds() if later else None
+        rows.append((name, slot, head, ft, epochs, rate, str(start)[:16]))
     if not rows:
         raise SystemExit(f"no finished train_vision runs found for {args.runs} in the MLflow store")
-    print(f"{'run':<44}{'run s':>8}{'head s':>8}{'finetune s':>11}{'ft epochs':>10}{'ft img/s':>10}  started (UTC)")
-    for name, total, head, ft, epochs, rate, start in rows:
+    print(f"{'run':<44}{'to next s':>10}{'head s':>8}{'finetune s':>11}{'ft epochs':>10}{'ft img/s':>10}  started (UTC)")
+    for name, slot, head, ft, epochs, rate, start in rows:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-        print(f"{name:<44}{total:>8.1f}{fmt(head, '.1f'):>8}{fmt(ft, '.1f'):>11}{fmt(epochs, 'd'):>10}"
+        print(f"{name:<44}{fmt(slot, '.1f'):>10}{fmt(head, '.1f'):>8}{fmt(ft, '.1f'):>11}{fmt(epochs, 'd'):>10}"
               f"{fmt(rate, ',.0f'):>10}  {start}")
     return 0
 
