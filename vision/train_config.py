@@ -72,9 +72,9 @@ class VisionPretrain:
 
     def validate(self) -> None:
         for model in BACKBONES:
-            if self.input_side(model) < BACKBONES[model].min_size:
-                key = f"{model}.image_size" if getattr(self.backbone(model), "image_size", None) else "image_size"
-                raise ParamsError(f"{key}: {self.input_side(model)} px is below {model}'s smallest input side "
+            own = getattr(self.backbone(model), "image_size", None)
+            if own is not None and own < BACKBONES[model].min_size:  # the shared side: checked by pretrain
+                raise ParamsError(f"{model}.image_size: {own} px is below {model}'s smallest input side "
                                   f"({BACKBONES[model].min_size} px)")
             source = self.backbone(model).weights
             if source == "imagenet":
@@ -97,8 +97,15 @@ class VisionPretrain:
         return getattr(self, model)
 
     def input_side(self, model: str) -> int:
-        """The backbone's input side: its own image_size if its section sets one, else the shared one."""
-        return getattr(self.backbone(model), "image_size", None) or self.image_size
+        """The backbone's input side: its own image_size if its section sets one, else the shared one.
+        ParamsError naming the key when that side is below the backbone's smallest input."""
+        own = getattr(self.backbone(model), "image_size", None)
+        side = own or self.image_size
+        if side < BACKBONES[model].min_size:
+            key = f"vision_pretrain.{model}.image_size" if own else "vision_pretrain.image_size"
+            raise ParamsError(f"{key}: {side} px is below {model}'s smallest input side "
+                              f"({BACKBONES[model].min_size} px)")
+        return side
 
     def run_config(self, model: str) -> dict:
         """Exactly the knobs the pretrain stage of `model` reads: provenance and resume fingerprint."""
