@@ -20,6 +20,7 @@ from pipeline import device, tracking
 from pipeline.evaluation import macro_f1
 from pipeline.io import atomic_path, fingerprint, save_npz, write_json
 from pipeline.losses import LOSSES, loss_from_params
+from pipeline.sampling import ConstantSchedule, CosineSchedule, MajorityUndersampler
 from pipeline.stage import run_args
 from pipeline.training import fit, predict_probs
 
@@ -44,6 +45,25 @@ def data_params(meta: dict) -> dict:
             "data.score_classes": meta["score_classes"], "data.sha256": meta["beats_sha256"]}
 
 
+def epoch_sampler(cfg, y: np.ndarray, classes) -> MajorityUndersampler | None:
+    """ecg_train.sampling as a per-epoch row sampler for `fit`; None (every beat every epoch) when keep is null."""
+    s = cfg.sampling
+    if s.keep is None:
+        return None
+    if s.majority not in classes:
+        raise ValueError(f"ecg_train.sampling.majority: {s.majority!r} is not one of the prepared classes {classes}")
+    return MajorityUndersampler(y, classes.index(s.majority), s.keep)
+
+
+def lr_schedule(cfg):
+    """ecg_train.schedule as a learning-rate schedule for `fit`; None (fit.learning_rate throughout) by default."""
+    s = cfg.schedule
+    if s.kind == "constant" and s.peak_factor == 1.0:
+        return None
+    peak = cfg.fit.learning_rate * s.peak_factor
+    return ConstantSchedule(peak) if s.kind == "constant" else CosineSchedule(peak, cfg.fit.epochs)
+
+
 def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, ckpt_dir: Path) -> dict:
     arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
     score = dataset.score_indices(meta)
@@ -55,6 +75,7 @@ def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, c
     folds = dataset.cv_folds(arrays, cfg.val_folds)
     name = name_of(model_name, loss_name)
     members, histories, oof_parts, info = [], {}, [], None
+    schedule = lr_schedule(cfg)
     with tracking.run("ecg", name) as mlflow:
         tracking.log_params(mlflow, {"model": model_name, "loss": loss_name, **run_cfg, **data_params(meta)})
         tracking.log_dataset(mlflow, data_dir / "beats.npz", meta["beats_sha256"], f"{meta['database']}-beats",
@@ -63,9 +84,16 @@ def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, c
         for fold in folds:
             tr, va, _ = dataset.splits(arrays, [fold], cfg.limit_beats, cfg.seed)
             counts = np.bincount(tr.y, minlength=n_classes)
+            # class weights / focal alpha come from the FULL training counts, also when the epochs are
+            # class-balanced by `sampler` (benchmarks/ecg_search.py derived them from the per-epoch counts instead)
             loss = loss_from_params(loss_name, cfg.loss, class_counts=counts)
+            sampler = epoch_sampler(cfg, tr.y, meta["classes"])
             print(f"{name} fold {fold}: train {len(tr.y)} beats {counts.tolist()}, validation records "
                   f"{sorted(set(va.record.tolist()))}", flush=True)
+            if sampler is not None or schedule is not None:
+                rows = "every beat" if sampler is None else f"{sampler!r} {sampler.epoch_counts(n_classes).tolist()}"
+                print(f"{name} fold {fold}: per epoch {rows}; learning rate {schedule or cfg.fit.learning_rate!r}",
+                      flush=True)
 
             def build():
                 model, model_info = models.build(model_name, *shape, **kwargs)
@@ -76,10 +104,12 @@ def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, c
             with tracking.phase_run("ecg", f"{name} fold {fold}") as callbacks:
                 best, state = fit(build, loss, (tr.x, tr.y), (va.x, va.y), score, cfg.fit, ckpt_dir / f"fold{fold}",
                                   fingerprint(run_cfg, fold, meta["beats_sha256"]), seed=cfg.seed + fold,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, sampler=sampler, schedule=schedule)
             members.append(best)
             histories[str(fold)] = {"history": state["history"], "best_epoch": state["best_epoch"],
                                     "val_macro_f1": state["best"], "epochs_run": state["epoch"]}
+            if sampler is not None:
+                histories[str(fold)]["train_beats_per_epoch"] = len(sampler)
             oof_parts.append((va, predict_probs(best, va.x)))
         if info is None:  # every fold resumed from a finished checkpoint: describe the model without training
             info = models.build(model_name, *shape, **kwargs)[1]

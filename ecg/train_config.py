@@ -11,7 +11,9 @@ from pipeline.losses import LossParams
 from pipeline.params import ParamsError, load_section
 from pipeline.training import FitConfig
 
-SHARED_KEYS = ("seed", "channels", "val_folds", "fit", "augment", "mixed_precision", "limit_beats")
+SHARED_KEYS = ("seed", "channels", "val_folds", "fit", "augment", "mixed_precision", "limit_beats", "sampling",
+               "schedule")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,46 @@ class DilatedArgs:
     filters: int = 16
     stem_stride: int = 2
     dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class ResnetArgs:
+    filters: tuple[int, ...] = (24, 32, 48, 64)  # one basic block per stage; stride 2 from the second stage
+    kernel: int = 7
+    stem_stride: int = 2
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        if not self.filters or min(self.filters) < 1:
+            raise ParamsError(f"filters: a non-empty list of positive integers, got {list(self.filters)}")
+        if self.kernel < 1 or self.stem_stride < 1:
+            raise ParamsError(f"kernel and stem_stride must be >= 1, got {self.kernel}, {self.stem_stride}")
+
+
+@dataclass(frozen=True)
+class SamplingArgs:
+    """Class-balanced epochs: every beat of the other classes plus a fresh seeded `keep` fraction of the
+    `majority` class's beats each epoch (pipeline.sampling.MajorityUndersampler). keep null = every beat."""
+    majority: str = "N"
+    keep: float | None = None
+
+    def validate(self) -> None:
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise ParamsError(f"keep: null or a fraction in (0, 1], got {self.keep}")
+
+
+@dataclass(frozen=True)
+class ScheduleArgs:
+    """Learning rate over training: constant (fit.learning_rate x peak_factor), or cosine decay from
+    fit.learning_rate x peak_factor to 1% of it over fit.epochs (per batch; pipeline.sampling.CosineSchedule)."""
+    kind: str = "constant"
+    peak_factor: float = 1.0
+
+    def validate(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ParamsError(f"kind: one of {list(SCHEDULES)}, got {self.kind!r}")
+        if not self.peak_factor > 0:
+            raise ParamsError(f"peak_factor: must be positive, got {self.peak_factor}")
 
 
 @dataclass(frozen=True)
@@ -43,8 +85,11 @@ class EcgTrain:
     augment: AugmentArgs | None = field(default_factory=AugmentArgs)
     mixed_precision: str = "auto"
     limit_beats: int | None = None  # subsample each split (smoke runs); null = all beats
+    sampling: SamplingArgs = field(default_factory=SamplingArgs)
+    schedule: ScheduleArgs = field(default_factory=ScheduleArgs)
     lenet1d: LenetArgs = field(default_factory=LenetArgs)
     dilated1d: DilatedArgs = field(default_factory=DilatedArgs)
+    resnet1d: ResnetArgs = field(default_factory=ResnetArgs)
     loss: LossParams = field(default_factory=LossParams)
 
     def validate(self) -> None:

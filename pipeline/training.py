@@ -12,6 +12,10 @@ Resume equals an uninterrupted run, bit for bit (on a deterministic device such 
   place in one step, so a kill leaves either the whole unit or none of it. Older units are then removed
   (the previous one is kept as a fallback). On start, the newest complete unit whose fingerprint and seed
   match is trusted; hidden partial folders are deleted; with no usable unit the run starts from scratch.
+* Optional per-epoch row sampling (`sampler`) and learning-rate schedule (`schedule`) keep this contract: the
+  rows of epoch e are `sampler(seed, e)` (then shuffled as above) and the rate of batch b of epoch e is
+  `schedule(e + b / batches)`, pure functions of (seed, epoch, batch). Both default to None: the loop is then
+  exactly the one without them. The caller's fingerprint must cover their settings (resume trusts it).
 """
 from __future__ import annotations
 
@@ -76,6 +80,45 @@ def seed_epoch(model, seed: int, epoch: int) -> None:
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffle order of epoch `epoch`: a permutation of range(n) from a Generator seeded by (seed, epoch)."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n)
+
+
+def epoch_rows(sampler, n: int, seed: int, epoch: int) -> np.ndarray:
+    """The training rows of epoch `epoch`, shuffled: `sampler(seed, epoch)` (row indices into the training
+    set, checked) in the order of `epoch_order` over them."""
+    rows = np.asarray(sampler(seed, epoch))
+    if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"sampler {sampler!r} returned {rows.dtype} array of shape {rows.shape} for epoch {epoch}; "
+                         "it must return a non-empty 1-D array of integer row indices")
+    if rows.min() < 0 or rows.max() >= n:
+        raise ValueError(f"sampler {sampler!r} returned row indices outside [0, {n}) for epoch {epoch} "
+                         f"(min {rows.min()}, max {rows.max()})")
+    return rows[epoch_order(len(rows), seed, epoch)]
+
+
+class LearningRateSetter(keras.callbacks.Callback):
+    """Sets the optimizer's rate before every batch to `schedule(epoch + batch / batches)` (a pure function of
+    the position in training, so a resumed run continues the same curve) and adds the rate of the epoch's last
+    batch to the logs as `learning_rate`. Comes before the checkpoint controller, which records the logs."""
+
+    def __init__(self, schedule, batches: int):
+        super().__init__()
+        self.schedule, self.batches, self.lr, self.epoch = schedule, int(batches), None, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        t = self.epoch + batch / self.batches
+        lr = float(self.schedule(t))
+        if not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"schedule {self.schedule!r} gave learning rate {lr} at epoch {t:.3f}; "
+                             "it must be positive and finite")
+        self.model.optimizer.learning_rate = lr
+        self.lr = lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.lr is not None:
+            logs["learning_rate"] = self.lr
 
 
 def _take(x, idx):
@@ -223,13 +266,19 @@ class CheckpointController(keras.callbacks.Callback):
 
 
 def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: Path, fingerprint: str,
-        seed: int = 0, verbose: int | None = None, callbacks=()):
+        seed: int = 0, verbose: int | None = None, callbacks=(), sampler=None, schedule=None):
     """Train (or resume) and return (best_model, state). `build_model()` returns an uncompiled model.
 
     train/val are (x, y_int); x is an array or a dict of arrays. Labels become one-hot here.
     `callbacks` are extra Keras callbacks (e.g. MLflow's), run after the checkpoint controller. The loop
     calls `model.fit` once per epoch (initial_epoch=e, epochs=e+1), so they see on_train_begin/end
     per epoch and on_epoch_* with the true epoch index.
+
+    `sampler` (optional): `sampler(seed, epoch)` returns the training row indices epoch `epoch` (0-based) uses,
+    from (seed, epoch) alone (e.g. pipeline.sampling.MajorityUndersampler); None = every row every epoch.
+    `schedule` (optional): `schedule(t)` returns the learning rate at fractional epoch t = epoch + batch /
+    batches (e.g. pipeline.sampling.CosineSchedule); None = the constant cfg.learning_rate. The validation
+    pass, early stopping and patience are unchanged. Put their settings into `fingerprint`.
     """
     run_dir = Path(run_dir)
     ensure_dir(run_dir)
@@ -255,10 +304,15 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
     while not controller.done:
         epoch = state["epoch"]
-        order = epoch_order(len(y), seed, epoch)
+        if sampler is None:
+            order = epoch_order(len(y), seed, epoch)
+        else:
+            order = epoch_rows(sampler, len(y), seed, epoch)
+            controller.expected_steps = -(-len(order) // cfg.batch_size)
         seed_epoch(model, seed, epoch)
+        first = [] if schedule is None else [LearningRateSetter(schedule, -(-len(order) // cfg.batch_size))]
         model.fit(_take(x, order), y_onehot[order], batch_size=cfg.batch_size, initial_epoch=epoch,
-                  epochs=epoch + 1, shuffle=False, callbacks=[controller, *callbacks], verbose=verbose)
+                  epochs=epoch + 1, shuffle=False, callbacks=[*first, controller, *callbacks], verbose=verbose)
         if state["epoch"] != epoch + 1:  # a callback stopped training before the epoch ended
             raise RuntimeError(f"epoch {epoch + 1} of {run_dir} did not finish")
     best = keras.models.load_model(controller.unit / "best.keras")
