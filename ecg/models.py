@@ -26,9 +26,11 @@ class BeatAugment(layers.Layer):
         if not training:
             return beat, rr
         n = ops.shape(beat)[0]
-        g = keras.random.uniform((n, 1, 1), 1 - self.gain, 1 + self.gain, seed=self.seed_gen)
-        beat = beat * g + self.noise * keras.random.normal(ops.shape(beat), seed=self.seed_gen)
-        rr = rr * (1 + self.rr_jitter * keras.random.normal(ops.shape(rr), seed=self.seed_gen))
+        # drawn in the inputs' dtypes (float16 under mixed_float16; float32 otherwise, as before)
+        bt, rt = keras.backend.standardize_dtype(beat.dtype), keras.backend.standardize_dtype(rr.dtype)
+        g = keras.random.uniform((n, 1, 1), 1 - self.gain, 1 + self.gain, dtype=bt, seed=self.seed_gen)
+        beat = beat * g + self.noise * keras.random.normal(ops.shape(beat), dtype=bt, seed=self.seed_gen)
+        rr = rr * (1 + self.rr_jitter * keras.random.normal(ops.shape(rr), dtype=rt, seed=self.seed_gen))
         return beat, rr
 
     def compute_output_shape(self, input_shape):
@@ -51,11 +53,24 @@ class Pool:
     size: int
 
 
+@dataclass(frozen=True)
+class Residual:
+    """A basic residual block: conv(kernel, stride) -> conv(kernel) plus a shortcut (1x1 conv when the
+    shape changes). Its receptive field is that of the two convs (the shortcut's is smaller)."""
+    filters: int
+    kernel: int
+    stride: int = 1
+
+
 def receptive_field(spec) -> int:
-    """Receptive field in input samples of the last layer in `spec` (convs and pools)."""
+    """Receptive field in input samples of the last layer in `spec` (convs, residual blocks and pools)."""
     rf, jump = 1, 1
     for layer in spec:
-        if isinstance(layer, Conv):
+        if isinstance(layer, Residual):
+            rf += (layer.kernel - 1) * jump
+            jump *= layer.stride
+            rf += (layer.kernel - 1) * jump
+        elif isinstance(layer, Conv):
             rf += (layer.kernel - 1) * layer.dilation * jump
             jump *= layer.stride
         else:
@@ -83,6 +98,13 @@ def dilated1d_spec(window: int, filters: int = 32, kernel: int = 3, stem_stride:
     return tuple(spec)
 
 
+def resnet1d_spec(filters=(24, 32, 48, 64), kernel: int = 7, stem_stride: int = 2) -> tuple:
+    """A strided stem conv (kernel 7), then one basic residual block per stage, stride 2 from the second stage
+    (the defaults: receptive field 283 samples, 786 ms at 360 Hz, covering the 253-sample window)."""
+    return (Conv(filters[0], 7, 1, stem_stride),
+            *(Residual(f, kernel, 1 if i == 0 else 2) for i, f in enumerate(filters)))
+
+
 def _inputs(window: int, n_rr: int, channels: int, augment: dict | None):
     """The two inputs, and the tensors the network reads (augmented while training)."""
     beat = keras.Input((window, channels), name="beat")
@@ -94,7 +116,9 @@ def _inputs(window: int, n_rr: int, channels: int, augment: dict | None):
 
 def _trunk(x, spec, prefix: str):
     for i, layer in enumerate(spec, 1):
-        if isinstance(layer, Conv):
+        if isinstance(layer, Residual):
+            x = _residual(x, layer, f"{prefix}{i}")
+        elif isinstance(layer, Conv):
             x = layers.Conv1D(layer.filters, layer.kernel, strides=layer.stride, dilation_rate=layer.dilation,
                               padding="same", use_bias=False, name=f"{prefix}{i}_conv")(x)
             x = layers.BatchNormalization(name=f"{prefix}{i}_bn")(x)
@@ -102,6 +126,18 @@ def _trunk(x, spec, prefix: str):
         else:
             x = layers.MaxPooling1D(layer.size, name=f"{prefix}{i}_pool")(x)
     return x
+
+
+def _residual(x, block: Residual, name: str):
+    y = layers.Conv1D(block.filters, block.kernel, strides=block.stride, padding="same", use_bias=False,
+                      name=f"{name}_conv1")(x)
+    y = layers.Activation("relu", name=f"{name}_relu1")(layers.BatchNormalization(name=f"{name}_bn1")(y))
+    y = layers.Conv1D(block.filters, block.kernel, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if block.stride != 1 or x.shape[-1] != block.filters:
+        x = layers.Conv1D(block.filters, 1, strides=block.stride, use_bias=False, name=f"{name}_proj")(x)
+        x = layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+    return layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([x, y]))
 
 
 def _head(features, rr, n_classes: int, units, dropout: float):
@@ -135,7 +171,19 @@ def dilated1d(window: int, n_rr: int, n_classes: int, *, channels: int = 1, filt
     return keras.Model(list(inputs), out, name="dilated1d"), spec
 
 
-MODELS = {"lenet1d": lenet1d, "dilated1d": dilated1d}
+def resnet1d(window: int, n_rr: int, n_classes: int, *, channels: int = 1, filters=(24, 32, 48, 64),
+             kernel: int = 7, stem_stride: int = 2, dropout: float = 0.3, augment: dict | None = None):
+    """Small residual 1D CNN (benchmarks/ecg_search.py's, registered): strided stem, one basic block per
+    stage, global average + max pooling, then the project's head (log-RR dense + fc 64)."""
+    spec = resnet1d_spec(tuple(filters), kernel, stem_stride)
+    inputs, (beat, rr) = _inputs(window, n_rr, channels, augment)
+    x = _trunk(beat, spec, "res")
+    x = layers.Concatenate(name="pool")([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
+    out = _head(x, rr, n_classes, (64,), dropout)
+    return keras.Model(list(inputs), out, name="resnet1d"), spec
+
+
+MODELS = {"lenet1d": lenet1d, "dilated1d": dilated1d, "resnet1d": resnet1d}
 
 
 def build(name: str, window: int, n_rr: int, n_classes: int, **kwargs):

@@ -48,8 +48,9 @@ def test_every_model_predicts_probabilities(name):
     assert p.shape == (3, 5)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     assert info["params"] == model.count_params() > 0
-    assert info["receptive_field_samples"] == receptive_field(
-        models.lenet1d_spec(2) if name == "lenet1d" else models.dilated1d_spec(65, 16))
+    spec = {"lenet1d": lambda: models.lenet1d_spec(2), "dilated1d": lambda: models.dilated1d_spec(65, 16),
+            "resnet1d": lambda: models.resnet1d_spec()}[name]()
+    assert info["receptive_field_samples"] == receptive_field(spec)
 
 
 def _toy(n=256, seed=0):
@@ -105,3 +106,53 @@ def test_fit_restarts_when_fingerprint_changes(tmp_path):
     fit(build, make_loss("ce"), (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "a", verbose=0)
     _, state = fit(build, make_loss("ce"), (x, y), (x, y), (0, 1, 2), cfg, tmp_path, "b", verbose=0)
     assert state["fingerprint"] == "b" and state["epoch"] == 1
+
+
+def test_residual_receptive_field_by_hand():
+    # stem k7 s2 -> 7, jump 2; block k7 s1: 2 convs, 6*2 each -> 31; block k7 s2: 6*2 -> 43, jump 4, 6*4 -> 67
+    assert receptive_field(models.resnet1d_spec((8, 8), kernel=7)) == 67
+    assert receptive_field(models.resnet1d_spec()) == 283  # the defaults cover the 253-sample (700 ms) window
+    assert receptive_field((models.Residual(4, 3, 2), models.Residual(4, 3))) == 1 + 2 + 2 * 2 + 2 * 2 * 2
+
+
+def test_resnet1d_builds_trains_and_reports_like_the_others():
+    from ecg import train_config
+
+    kwargs = train_config.EcgTrain().model_kwargs("resnet1d")  # the dataclass defaults, augmentation on
+    assert kwargs["augment"] and kwargs["filters"] == (24, 32, 48, 64)
+    model, info = models.build("resnet1d", 253, 5, 5, **kwargs)
+    assert info["name"] == "resnet1d" and info["params"] == model.count_params() > 0
+    assert info["receptive_field_samples"] == 283 and len(info["layers"]) == 5
+    assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 4  # one shortcut per block
+    x, y = _toy(64)
+    x = {"beat": np.repeat(np.pad(x["beat"], ((0, 0), (0, 220), (0, 0))), 2, axis=-1), "rr": x["rr"]}
+    model.compile(keras.optimizers.Adam(1e-3), make_loss("ce"), jit_compile=False)
+    before = [w.copy() for w in model.get_weights()]
+    out = model.train_on_batch(x, keras.utils.to_categorical(y, 5))
+    assert np.isfinite(out if np.isscalar(out) else out[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    p = model.predict(x, verbose=0)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_augmented_model_trains_under_mixed_float16():
+    """BeatAugment draws its gain and noise in the inputs' dtype, so mixed_float16 training works (on the CPU
+    here; the same code path as the GPU's)."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, _ = models.build("lenet1d", 33, 5, 3, width=1, augment={"gain": 0.1, "noise": 0.02, "rr_jitter": 0.03})
+        assert model.get_layer("augment").compute_dtype == "float16"
+        x, y = _toy(32)
+        model.compile(keras.optimizers.Adam(1e-3), make_loss("ce"), jit_compile=False)
+        before = [w.copy() for w in model.get_weights()]
+        out = model.train_on_batch(x, keras.utils.to_categorical(y, 3))
+        assert np.isfinite(out if np.isscalar(out) else out[0])
+        assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+        beat, rr = model.get_layer("augment")([keras.ops.cast(x["beat"], "float16"), keras.ops.cast(x["rr"], "float16")],
+                                              training=True)
+        assert keras.backend.standardize_dtype(beat.dtype) == "float16" == keras.backend.standardize_dtype(rr.dtype)
+        assert model.predict(x, verbose=0).dtype == np.float32  # the softmax stays float32
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert keras.mixed_precision.global_policy().name == previous
