@@ -98,11 +98,16 @@ def epoch_rows(sampler, n: int, seed: int, epoch: int) -> np.ndarray:
 class LearningRateSetter(keras.callbacks.Callback):
     """Sets the optimizer's rate before every batch to `schedule(epoch + batch / batches)` (a pure function of
     the position in training, so a resumed run continues the same curve) and adds the rate of the epoch's last
-    batch to the logs as `learning_rate`. Comes before the checkpoint controller, which records the logs."""
+    batch to the logs as `learning_rate`. Comes before the checkpoint controller, which records the logs.
+    Between batches of different `model.fit` calls the rate reads `rest` (the compiled rate): what callbacks
+    that log the optimizer's settings at on_train_begin (MLflow autologging) see is the same every epoch."""
 
-    def __init__(self, schedule, batches: int):
+    def __init__(self, schedule, batches: int, rest: float):
         super().__init__()
-        self.schedule, self.batches, self.lr, self.epoch = schedule, int(batches), None, 0
+        self.schedule, self.batches, self.rest, self.lr, self.epoch = schedule, int(batches), float(rest), None, 0
+
+    def on_train_begin(self, logs=None):
+        self.model.optimizer.learning_rate = self.rest
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -310,7 +315,8 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
             order = epoch_rows(sampler, len(y), seed, epoch)
             controller.expected_steps = -(-len(order) // cfg.batch_size)
         seed_epoch(model, seed, epoch)
-        first = [] if schedule is None else [LearningRateSetter(schedule, -(-len(order) // cfg.batch_size))]
+        batches = -(-len(order) // cfg.batch_size)
+        first = [] if schedule is None else [LearningRateSetter(schedule, batches, cfg.learning_rate)]
         model.fit(_take(x, order), y_onehot[order], batch_size=cfg.batch_size, initial_epoch=epoch,
                   epochs=epoch + 1, shuffle=False, callbacks=[*first, controller, *callbacks], verbose=verbose)
         if state["epoch"] != epoch + 1:  # a callback stopped training before the epoch ended

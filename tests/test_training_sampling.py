@@ -75,7 +75,10 @@ class _Probe(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.rates, self.batches, self._epoch = [], {}, 0
+        self.rates, self.batches, self.at_train_begin, self._epoch = [], {}, [], 0
+
+    def on_train_begin(self, logs=None):  # where MLflow autologging reads the optimizer's settings
+        self.at_train_begin.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -158,6 +161,7 @@ def test_the_schedule_sets_the_rate_of_every_batch(sampled):
     assert len(probe.rates) == CFG.epochs * batches
     for epoch, batch, lr in probe.rates:
         assert lr == pytest.approx(SCHEDULE(epoch + batch / batches), rel=1e-6)
+    assert probe.at_train_begin == [pytest.approx(CFG.learning_rate)] * CFG.epochs  # the same for every fit call
     rates = [lr for *_, lr in probe.rates]
     assert rates[0] == pytest.approx(6e-3) and all(a > b for a, b in zip(rates, rates[1:]))
     # the rate of each epoch's last batch is recorded in the history
