@@ -1,7 +1,8 @@
 """Per-epoch row samplers and learning-rate schedules for `pipeline.training.fit(sampler=, schedule=)`.
 
-Both are pure functions of where training is (seed and epoch; fractional epoch), so an interrupted run that
-resumes at epoch e draws the same rows and follows the same rate curve as one that never stopped.
+Both are pure functions of the epoch (and the seed), so an interrupted run that resumes at epoch e draws the
+same rows and follows the same rate curve as one that never stopped. Schedules are per epoch (see
+pipeline.training.LearningRateSetter for why not per batch).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class MajorityUndersampler:
 
 
 class CosineSchedule:
-    """Cosine decay from `peak` at t = 0 to `final * peak` at t = `epochs` (t: fractional epoch), flat after."""
+    """Cosine decay over `epochs` epochs: epoch e (0-based) gets peak * (final + (1 - final) * (1 + cos(pi e /
+    epochs)) / 2), so epoch 0 trains at `peak` and the rate reaches `final * peak` at e = epochs (flat after)."""
 
     def __init__(self, peak: float, epochs: int, final: float = 0.01):
         if not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):

@@ -13,8 +13,8 @@ Resume equals an uninterrupted run, bit for bit (on a deterministic device such 
   (the previous one is kept as a fallback). On start, the newest complete unit whose fingerprint and seed
   match is trusted; hidden partial folders are deleted; with no usable unit the run starts from scratch.
 * Optional per-epoch row sampling (`sampler`) and learning-rate schedule (`schedule`) keep this contract: the
-  rows of epoch e are `sampler(seed, e)` (then shuffled as above) and the rate of batch b of epoch e is
-  `schedule(e + b / batches)`, pure functions of (seed, epoch, batch). Both default to None: the loop is then
+  rows of epoch e are `sampler(seed, e)` (then shuffled as above) and its learning rate is `schedule(e)`,
+  pure functions of (seed, epoch). Both default to None: the loop is then
   exactly the one without them. The caller's fingerprint must cover their settings (resume trusts it).
 """
 from __future__ import annotations
@@ -96,27 +96,24 @@ def epoch_rows(sampler, n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class LearningRateSetter(keras.callbacks.Callback):
-    """Sets the optimizer's rate before every batch to `schedule(epoch + batch / batches)` (a pure function of
-    the position in training, so a resumed run continues the same curve) and adds the rate of the epoch's last
-    batch to the logs as `learning_rate`. Comes before the checkpoint controller, which records the logs.
-    Between batches of different `model.fit` calls the rate reads `rest` (the compiled rate): what callbacks
-    that log the optimizer's settings at on_train_begin (MLflow autologging) see is the same every epoch."""
+    """Sets the optimizer's rate at the start of epoch e to `schedule(e)` (a pure function of the epoch, so a
+    resumed run continues the same curve) and adds it to the epoch's logs as `learning_rate`. Per epoch, not
+    per batch: on the JAX backend the optimizer state lives outside the Keras variables between the batches of
+    an epoch, so a rate assigned inside an epoch would not take effect (Keras's LearningRateScheduler sets it
+    at on_epoch_begin too). At on_train_begin the rate reads `rest` (the compiled rate), so what callbacks that
+    log the optimizer's settings there (MLflow autologging) see is the same for every per-epoch `model.fit`."""
 
-    def __init__(self, schedule, batches: int, rest: float):
+    def __init__(self, schedule, rest: float):
         super().__init__()
-        self.schedule, self.batches, self.rest, self.lr, self.epoch = schedule, int(batches), float(rest), None, 0
+        self.schedule, self.rest, self.lr = schedule, float(rest), None
 
     def on_train_begin(self, logs=None):
         self.model.optimizer.learning_rate = self.rest
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        t = self.epoch + batch / self.batches
-        lr = float(self.schedule(t))
+        lr = float(self.schedule(epoch))
         if not np.isfinite(lr) or lr <= 0:
-            raise ValueError(f"schedule {self.schedule!r} gave learning rate {lr} at epoch {t:.3f}; "
+            raise ValueError(f"schedule {self.schedule!r} gave learning rate {lr} for epoch {epoch}; "
                              "it must be positive and finite")
         self.model.optimizer.learning_rate = lr
         self.lr = lr
@@ -223,8 +220,9 @@ def load_unit(run_dir: Path, fingerprint: str, seed: int):
 # ---------------------------------------------------------------------------------------- controller
 class CheckpointController(keras.callbacks.Callback):
     """Per epoch: adds val_macro_f1 (over `score_classes`) to the logs, updates best / patience, writes the
-    atomic checkpoint unit, and stops training when patience runs out. Must come first among callbacks, so
-    later ones (e.g. MLflow's) see val_macro_f1."""
+    atomic checkpoint unit, and stops training when patience runs out. Must come first among callbacks (only
+    the LearningRateSetter, which reads no logs, runs before it), so later ones (e.g. MLflow's) see
+    val_macro_f1."""
 
     def __init__(self, x_val, y_val, score_classes, run_dir: Path, cfg: FitConfig, state: dict,
                  unit: Path | None, expected_steps: int | None = None):
@@ -281,8 +279,8 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
 
     `sampler` (optional): `sampler(seed, epoch)` returns the training row indices epoch `epoch` (0-based) uses,
     from (seed, epoch) alone (e.g. pipeline.sampling.MajorityUndersampler); None = every row every epoch.
-    `schedule` (optional): `schedule(t)` returns the learning rate at fractional epoch t = epoch + batch /
-    batches (e.g. pipeline.sampling.CosineSchedule); None = the constant cfg.learning_rate. The validation
+    `schedule` (optional): `schedule(epoch)` returns the learning rate of epoch `epoch` (0-based; e.g.
+    pipeline.sampling.CosineSchedule); None = the constant cfg.learning_rate. The validation
     pass, early stopping and patience are unchanged. Put their settings into `fingerprint`.
     """
     run_dir = Path(run_dir)
@@ -315,8 +313,7 @@ def fit(build_model, loss, train, val, score_classes, cfg: FitConfig, run_dir: P
             order = epoch_rows(sampler, len(y), seed, epoch)
             controller.expected_steps = -(-len(order) // cfg.batch_size)
         seed_epoch(model, seed, epoch)
-        batches = -(-len(order) // cfg.batch_size)
-        first = [] if schedule is None else [LearningRateSetter(schedule, batches, cfg.learning_rate)]
+        first = [] if schedule is None else [LearningRateSetter(schedule, cfg.learning_rate)]
         model.fit(_take(x, order), y_onehot[order], batch_size=cfg.batch_size, initial_epoch=epoch,
                   epochs=epoch + 1, shuffle=False, callbacks=[*first, controller, *callbacks], verbose=verbose)
         if state["epoch"] != epoch + 1:  # a callback stopped training before the epoch ended
