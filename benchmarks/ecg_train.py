@@ -120,7 +120,8 @@ def load_data(beats: int | None, channel_sets, seed: int = 0):
         beat = rng.normal(size=(n_tr + n_va, window, len(chans))).astype("float32")
         rr = rng.uniform(0.5, 1.5, (n_tr + n_va, n_rr)).astype("float32")
         xs[chans] = ({"beat": beat[:n_tr], "rr": rr[:n_tr]}, {"beat": beat[n_tr:], "rr": rr[n_tr:]})
-    return xs, y[:n_tr], y[n_tr:], classes, (0, 1, 2, 3), window, f"random beats ({n_tr} train, {n_va} val; no data/ecg)"
+    return (xs, y[:n_tr], y[n_tr:], classes, (0, 1, 2, 3), window,
+            f"random beats ({n_tr} train, {n_va} val; no data/ecg)")
 
 
 def measure(label, build, loss, fit_cfg, data, y_tr, y_va, score, epochs, policy, sampler=None, schedule=None) -> dict:

@@ -58,7 +58,8 @@ class SamplingArgs:
 @dataclass(frozen=True)
 class ScheduleArgs:
     """Learning rate over training: constant (fit.learning_rate x peak_factor), or cosine decay from
-    fit.learning_rate x peak_factor towards 1% of it over fit.epochs (set per epoch; pipeline.sampling.CosineSchedule)."""
+    fit.learning_rate x peak_factor towards 1% of it over fit.epochs (set per epoch;
+    pipeline.sampling.CosineSchedule)."""
     kind: str = "constant"
     peak_factor: float = 1.0
 

@@ -149,8 +149,8 @@ def test_augmented_model_trains_under_mixed_float16():
         out = model.train_on_batch(x, keras.utils.to_categorical(y, 3))
         assert np.isfinite(out if np.isscalar(out) else out[0])
         assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-        beat, rr = model.get_layer("augment")([keras.ops.cast(x["beat"], "float16"), keras.ops.cast(x["rr"], "float16")],
-                                              training=True)
+        half = [keras.ops.cast(x["beat"], "float16"), keras.ops.cast(x["rr"], "float16")]
+        beat, rr = model.get_layer("augment")(half, training=True)
         assert keras.backend.standardize_dtype(beat.dtype) == "float16" == keras.backend.standardize_dtype(rr.dtype)
         assert model.predict(x, verbose=0).dtype == np.float32  # the softmax stays float32
     finally:

@@ -341,3 +341,20 @@ def test_dvc_yaml_lists_every_shared_key():
     params = stage.get("do", stage)["params"]
     assert {"ecg_train.sampling", "ecg_train.schedule"} <= {f"ecg_train.{k}" for k in train_config.SHARED_KEYS}
     assert {f"ecg_train.{k}" for k in train_config.SHARED_KEYS} <= set(params)
+
+
+def test_schedule_and_sampler_under_mixed_float16(tmp_path):
+    """Under mixed_float16 the optimizer is a LossScaleOptimizer: the rate reaches its inner optimizer."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = FitConfig(epochs=2, batch_size=32, learning_rate=1e-3, patience=10, min_delta=0.0)
+        _, state = fit(_build, make_loss("ce"), TRAIN, VAL, CLASSES, cfg, tmp_path, "fp", seed=7, verbose=0,
+                       sampler=SAMPLER, schedule=CosineSchedule(2e-3, 2))
+        last, _ = _last(tmp_path)
+        assert isinstance(last.optimizer, keras.optimizers.LossScaleOptimizer)
+        inner = float(keras.ops.convert_to_numpy(last.optimizer.inner_optimizer.learning_rate))
+        assert inner == pytest.approx(CosineSchedule(2e-3, 2)(1), rel=1e-6)
+        assert np.all(np.isfinite(state["history"]["loss"]))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
