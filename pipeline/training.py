@@ -14,8 +14,8 @@ Resume equals an uninterrupted run, bit for bit (on a deterministic device such 
   match is trusted; hidden partial folders are deleted; with no usable unit the run starts from scratch.
 * Optional per-epoch row sampling (`sampler`) and learning-rate schedule (`schedule`) keep this contract: the
   rows of epoch e are `sampler(seed, e)` (then shuffled as above) and its learning rate is `schedule(e)`,
-  pure functions of (seed, epoch). Both default to None: the loop is then
-  exactly the one without them. The caller's fingerprint must cover their settings (resume trusts it).
+  pure functions of (seed, epoch). Both default to None: the loop is then exactly the one without them.
+  The caller's fingerprint must cover their settings (resume trusts it).
 """
 from __future__ import annotations
 
