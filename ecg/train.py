@@ -8,6 +8,7 @@ never read here. Each fold is a nested MLflow run with live per-epoch curves.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -64,68 +65,84 @@ def lr_schedule(cfg):
     return ConstantSchedule(peak) if s.kind == "constant" else CosineSchedule(peak, cfg.fit.epochs)
 
 
-def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, ckpt_dir: Path) -> dict:
-    arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
+def cross_validate(model_name: str, loss_name: str, cfg, arrays: dict, meta: dict, folds, ckpt_dir: Path,
+                   label: str, seed: int, callbacks_for=None) -> dict:
+    """Train one model per validation fold of `arrays` (DS1 rows: split 0) and predict its held-out fold.
+
+    Returns members (fold order), per-fold histories, the pooled out-of-fold arrays (y, probs, record) and
+    the model description. `seed` + fold seeds each fit; `callbacks_for(fold)` gives a context manager
+    yielding the fit's callbacks (MLflow), or None for none. Used by train_ecg and by the replication stage
+    (other seeds; nested folds), so they train exactly as the stage does."""
     score = dataset.score_indices(meta)
     n_classes = len(meta["classes"])
-    policy = device.configure(cfg.mixed_precision)
-    kwargs = cfg.model_kwargs(model_name)
     shape = (meta["window_samples"], len(meta["rr_features"]), n_classes)
+    kwargs = cfg.model_kwargs(model_name)
+    run_cfg = cfg.run_config(model_name, loss_name)
+    schedule = lr_schedule(cfg)
+    members, histories, parts, info = [], {}, [], None
+    for fold in folds:
+        tr, va, _ = dataset.splits(arrays, [fold], cfg.limit_beats, cfg.seed)
+        counts = np.bincount(tr.y, minlength=n_classes)
+        # class weights / focal alpha come from the FULL training counts, also when the epochs are
+        # class-balanced by `sampler` (benchmarks/ecg_search.py derived them from the per-epoch counts instead)
+        loss = loss_from_params(loss_name, cfg.loss, class_counts=counts)
+        sampler = epoch_sampler(cfg, tr.y, meta["classes"])
+        print(f"{label} fold {fold}: train {len(tr.y)} beats {counts.tolist()}, validation records "
+              f"{sorted(set(va.record.tolist()))}", flush=True)
+        if sampler is not None or schedule is not None:
+            rows = "every beat" if sampler is None else f"{sampler!r} {sampler.epoch_counts(n_classes).tolist()}"
+            print(f"{label} fold {fold}: per epoch {rows}; learning rate {schedule or cfg.fit.learning_rate!r}",
+                  flush=True)
+
+        def build():
+            model, model_info = models.build(model_name, *shape, **kwargs)
+            nonlocal info
+            info = info or model_info
+            return model
+
+        with (callbacks_for(fold) if callbacks_for else contextlib.nullcontext([])) as callbacks:
+            best, state = fit(build, loss, (tr.x, tr.y), (va.x, va.y), score, cfg.fit, ckpt_dir / f"fold{fold}",
+                              fingerprint(run_cfg, fold, meta["beats_sha256"], seed, sorted(set(tr.record.tolist()))),
+                              seed=seed + fold, callbacks=callbacks, sampler=sampler, schedule=schedule)
+        members.append(best)
+        histories[str(fold)] = {"history": state["history"], "best_epoch": state["best_epoch"],
+                                "val_macro_f1": state["best"], "epochs_run": state["epoch"]}
+        if sampler is not None:
+            histories[str(fold)]["train_beats_per_epoch"] = len(sampler)
+        parts.append((va, predict_probs(best, va.x)))
+    if info is None:  # every fold resumed from a finished checkpoint: describe the model without training
+        info = models.build(model_name, *shape, **kwargs)[1]
+    info["receptive_field_ms"] = 1000.0 * info["receptive_field_samples"] / meta["fs"]
+    y = np.concatenate([va.y for va, _ in parts])
+    probs = np.concatenate([p for _, p in parts])
+    return {"members": members, "histories": histories, "info": info, "y": y, "probs": probs,
+            "record": np.concatenate([va.record for va, _ in parts]),
+            "macro_f1": macro_f1(y, probs.argmax(axis=1), score)}
+
+
+def train(model_name: str, loss_name: str, cfg, data_dir: Path, out_dir: Path, ckpt_dir: Path) -> dict:
+    arrays, meta = dataset.load_inputs(data_dir, cfg.channels)
+    policy = device.configure(cfg.mixed_precision)
     run_cfg = cfg.run_config(model_name, loss_name)
     folds = dataset.cv_folds(arrays, cfg.val_folds)
     name = name_of(model_name, loss_name)
-    members, histories, oof_parts, info = [], {}, [], None
-    schedule = lr_schedule(cfg)
     with tracking.run("ecg", name) as mlflow:
         tracking.log_params(mlflow, {"model": model_name, "loss": loss_name, **run_cfg, **data_params(meta)})
         tracking.log_dataset(mlflow, data_dir / "beats.npz", meta["beats_sha256"], f"{meta['database']}-beats",
                              "training", arrays["rr"][arrays["split"] == 0], arrays["y"][arrays["split"] == 0])
         parent_id = mlflow.active_run().info.run_id
-        for fold in folds:
-            tr, va, _ = dataset.splits(arrays, [fold], cfg.limit_beats, cfg.seed)
-            counts = np.bincount(tr.y, minlength=n_classes)
-            # class weights / focal alpha come from the FULL training counts, also when the epochs are
-            # class-balanced by `sampler` (benchmarks/ecg_search.py derived them from the per-epoch counts instead)
-            loss = loss_from_params(loss_name, cfg.loss, class_counts=counts)
-            sampler = epoch_sampler(cfg, tr.y, meta["classes"])
-            print(f"{name} fold {fold}: train {len(tr.y)} beats {counts.tolist()}, validation records "
-                  f"{sorted(set(va.record.tolist()))}", flush=True)
-            if sampler is not None or schedule is not None:
-                rows = "every beat" if sampler is None else f"{sampler!r} {sampler.epoch_counts(n_classes).tolist()}"
-                print(f"{name} fold {fold}: per epoch {rows}; learning rate {schedule or cfg.fit.learning_rate!r}",
-                      flush=True)
-
-            def build():
-                model, model_info = models.build(model_name, *shape, **kwargs)
-                nonlocal info
-                info = info or model_info
-                return model
-
-            with tracking.phase_run("ecg", f"{name} fold {fold}") as callbacks:
-                best, state = fit(build, loss, (tr.x, tr.y), (va.x, va.y), score, cfg.fit, ckpt_dir / f"fold{fold}",
-                                  fingerprint(run_cfg, fold, meta["beats_sha256"]), seed=cfg.seed + fold,
-                                  callbacks=callbacks, sampler=sampler, schedule=schedule)
-            members.append(best)
-            histories[str(fold)] = {"history": state["history"], "best_epoch": state["best_epoch"],
-                                    "val_macro_f1": state["best"], "epochs_run": state["epoch"]}
-            if sampler is not None:
-                histories[str(fold)]["train_beats_per_epoch"] = len(sampler)
-            oof_parts.append((va, predict_probs(best, va.x)))
-        if info is None:  # every fold resumed from a finished checkpoint: describe the model without training
-            info = models.build(model_name, *shape, **kwargs)[1]
-        info["receptive_field_ms"] = 1000.0 * info["receptive_field_samples"] / meta["fs"]
-        y_oof = np.concatenate([va.y for va, _ in oof_parts])
-        p_oof = np.concatenate([p for _, p in oof_parts])
-        oof_f1 = macro_f1(y_oof, p_oof.argmax(axis=1), score)
+        cv = cross_validate(model_name, loss_name, cfg, arrays, meta, folds, ckpt_dir, name, cfg.seed,
+                            lambda fold: tracking.phase_run("ecg", f"{name} fold {fold}"))
+        info, histories, oof_f1 = cv["info"], cv["histories"], cv["macro_f1"]
         tracking.log_params(mlflow, {f"model_info.{k}": v for k, v in info.items()})
         mlflow.log_metric("val_macro_f1", oof_f1)
-    model = ensemble(members, f"{model_name}_cv{len(members)}")
+    model = ensemble(cv["members"], f"{model_name}_cv{len(cv['members'])}")
     with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    save_npz(out_dir / "oof.npz", y=y_oof, probs=p_oof, record=np.concatenate([va.record for va, _ in oof_parts]))
+    save_npz(out_dir / "oof.npz", y=cv["y"], probs=cv["probs"], record=cv["record"])
     record = {"model": model_name, "loss": loss_name, "model_info": info, "folds": histories,
               "history": histories[str(folds[0])]["history"], "val_macro_f1": oof_f1,
-              "val_records": sorted({int(r) for va, _ in oof_parts for r in va.record}),
+              "val_records": sorted({int(r) for r in cv["record"]}),
               "precision_policy": policy, "config": run_cfg, "channels": list(cfg.channels),
               "limit_beats": cfg.limit_beats, "seed": cfg.seed, "data_sha256": meta["beats_sha256"],
               "mlflow_run_id": parent_id}
