@@ -45,12 +45,15 @@ def class_indices(class_names, scored) -> list[int]:
 
 
 def score(y_true, probs, y_val, probs_val, groups, class_names, scored, *, n_boot: int = 1000,
-          n_bins: int = 15, seed: int = 0, auc: bool = False) -> Scores:
-    """Metrics of test predictions; `scored` names the classes in macro-F1 and the per-class table."""
+          n_bins: int = 15, seed: int = 0, auc: bool = False, temperature: float | None = None) -> Scores:
+    """Metrics of test predictions; `scored` names the classes in macro-F1 and the per-class table.
+
+    The temperature is fitted on (y_val, probs_val) unless `temperature` gives it (a deployed model's own)."""
     y_true, probs = np.asarray(y_true, np.int64), np.asarray(probs, np.float64)
     n_classes = probs.shape[1]
     idx = class_indices(class_names, scored)
-    temperature = cal.fit_temperature(probs_val, np.asarray(y_val, np.int64))
+    if temperature is None:
+        temperature = cal.fit_temperature(probs_val, np.asarray(y_val, np.int64))
     probs_t = cal.apply_temperature(probs, temperature)
     y_pred = probs.argmax(axis=1)  # temperature never changes the argmax
     cm = ev.confusion(y_true, y_pred, n_classes)

@@ -96,3 +96,18 @@ def fit_temperature(probs, y) -> float:
     res = minimize_scalar(objective, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.exp(res.x))
+
+
+def fit_temperature_no_worse(probs, y, n_bins=15) -> dict:
+    """fit_temperature, kept only when it lowers the ECE of (probs, y) themselves; else T = 1 (no scaling).
+
+    The fitted T minimises NLL, which can raise the ECE (a model whose error is a class-prior shift, not a
+    uniform over- or under-confidence). Returns {temperature, fitted, ece_before, ece_after, kept}; `fitted` is
+    the NLL optimum, `temperature` what to apply.
+    """
+    probs, y = _check(probs, y)
+    fitted = fit_temperature(probs, y)
+    before, after = ece(probs, y, n_bins), ece(apply_temperature(probs, fitted), y, n_bins)
+    kept = after < before
+    return {"temperature": fitted if kept else 1.0, "fitted": fitted, "ece_before": before,
+            "ece_after": after if kept else before, "kept": bool(kept)}

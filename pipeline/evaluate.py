@@ -111,13 +111,15 @@ def evaluate(adapter: Adapter, name: str, cfg: EvaluateParams, data_dir: Path, r
 
 
 def write_outputs(adapter: Adapter, name: str, cfg: EvaluateParams, root: Path, trained: dict, inputs: Inputs,
-                  probs, val: tuple, log) -> dict:
-    """Score test `probs` (temperature fitted on `val` = (y_val, probs_val)), write plots, figures,
+                  probs, val: tuple, log, temperature: float | None = None) -> dict:
+    """Score test `probs` (temperature fitted on `val` = (y_val, probs_val), or `temperature` when given: a
+    deployed model's own), write plots, figures,
     eval.npz, eval.json and the metrics file; `log(metrics, figures) -> (run_id, model_uri)` records
     them in MLflow. Returns the metrics."""
     art_dir = root / "artifacts" / adapter.arm / name
     scores = assess.score(inputs.y, probs, *val, inputs.groups, inputs.classes, inputs.scored,
-                          n_boot=cfg.bootstrap, n_bins=cfg.ece_bins, seed=cfg.seed, auc=adapter.auc)
+                          n_boot=cfg.bootstrap, n_bins=cfg.ece_bins, seed=cfg.seed, auc=adapter.auc,
+                          temperature=temperature)
     figs = assess.write_plots(scores, inputs.classes, root / "reports" / "plots" / adapter.arm / name,
                               art_dir / "figures", f"{name} ({adapter.split})")
     if inputs.train.get("history"):
