@@ -93,10 +93,30 @@ def _data_facts(meta: dict, meta_path: Path, params_path: Path | str | None) -> 
     return facts
 
 
+def calibration_data(run_dir: Path, calibration: Path | str | None) -> tuple:
+    """(y, probs, description) the temperature is fitted on: `calibration` (replicate_ecg's nested out-of-fold
+    predictions of the fold ensemble, the kind of model packaged) when given, else the run's single-model oof.npz."""
+    path = Path(calibration) if calibration else run_dir / "oof.npz"
+    if not path.exists():
+        raise PackageError(f"{path}: missing; run {'replicate_ecg' if calibration else 'train_ecg'} first")
+    with np.load(path) as npz:
+        if calibration and ("run" not in npz.files or str(npz["run"]) != run_dir.name):
+            raise PackageError(f"{path}: nested predictions of run {str(npz['run']) if 'run' in npz.files else '?'}, "
+                               f"not of {run_dir.name}; rerun replicate_ecg")
+        y, probs = npz["y"], npz["probs"]
+    kind = ("nested cross-validation: each DS1 fold predicted by the fold ensemble of the other folds"
+            if calibration else "single fold models")
+    return y, probs, f"{path} (DS1 out-of-fold, {kind}, {len(y)} beats)"
+
+
 def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | str,
-                  params_path: Path | str | None = None) -> dict:
-    """Package artifacts/ecg/<run>/{model.keras,train.json,oof.npz} with prepare's meta.json; returns package.json."""
-    from pipeline.calibration import fit_temperature
+                  params_path: Path | str | None = None, calibration: Path | str | None = None,
+                  ece_bins: int = 15) -> dict:
+    """Package artifacts/ecg/<run>/{model.keras,train.json,oof.npz} with prepare's meta.json; returns package.json.
+
+    The temperature is fitted on `calibration` (nested out-of-fold predictions of the fold ensemble) when given,
+    else on the run's oof.npz; it is kept only when it lowers the ECE there (else 1: no scaling)."""
+    from pipeline.calibration import fit_temperature_no_worse
 
     run_dir, meta_path = Path(run_dir), Path(meta_path)
     for path in (run_dir / MODEL_FILE, run_dir / "train.json", run_dir / "oof.npz", meta_path):
@@ -110,11 +130,11 @@ def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | st
                 "score_classes"):
         if key not in meta:
             raise PackageError(f"{meta_path}: no '{key}'; rerun prepare_ecg")
-    with np.load(run_dir / "oof.npz") as oof:
-        y_oof, p_oof = oof["y"], oof["probs"]
+    y_oof, p_oof, fitted_on = calibration_data(run_dir, calibration)
     if p_oof.ndim != 2 or p_oof.shape[1] != len(meta["classes"]):
-        raise PackageError(f"{run_dir / 'oof.npz'}: probs of shape {p_oof.shape} do not match the "
+        raise PackageError(f"{fitted_on.split(' (')[0]}: probs of shape {p_oof.shape} do not match the "
                            f"{len(meta['classes'])} classes of {meta_path}")
+    temp = fit_temperature_no_worse(p_oof, y_oof, ece_bins)
     spec = {
         "format": FORMAT, "version": VERSION,
         "fs": int(meta["fs"]), "window_samples": int(meta["window_samples"]),
@@ -123,9 +143,10 @@ def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | st
         **_data_facts(meta, meta_path, params_path),
         "rr_features": list(meta["rr_features"]), "channels": list(trained["channels"]),
         "classes": list(meta["classes"]), "score_classes": list(meta["score_classes"]),
-        # Fitted on DS1 out-of-fold predictions only (never DS2), as evaluate_ecg does.
-        "temperature": fit_temperature(p_oof, y_oof),
-        "temperature_fitted_on": f"{run_dir / 'oof.npz'} (DS1 out-of-fold, {len(y_oof)} beats)",
+        # Fitted on DS1 out-of-fold predictions only (never DS2); 1 when the fit does not lower their ECE.
+        "temperature": temp["temperature"],
+        "temperature_fitted_on": fitted_on,
+        "calibration": {k: temp[k] for k in ("fitted", "kept", "ece_before", "ece_after")} | {"ece_bins": ece_bins},
         "provenance": {
             "run": run_dir.name, "model": trained.get("model"), "loss": trained.get("loss"),
             "mlflow_run_id": trained.get("mlflow_run_id"), "val_macro_f1": trained.get("val_macro_f1"),
@@ -344,6 +365,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-root", default="artifacts/ecg", help="folder of the trained runs (with --params)")
     ap.add_argument("--meta", default="data/ecg/meta.json", help="prepare_ecg's meta.json")
     ap.add_argument("--out", required=True, help="package folder to write (replaced atomically)")
+    ap.add_argument("--calibration", default=None,
+                    help="replicate_ecg's oof_nested.npz: fit the temperature on the fold ensemble's nested out-of-fold "
+                         "predictions (the kind of model packaged); default: the run's single-model oof.npz")
     ap.add_argument("--mlflow", action="store_true",
                     help="also log the package as an MLflow pyfunc model named 'package' in the training run")
     args = ap.parse_args(argv)
@@ -362,7 +386,13 @@ def main(argv=None) -> int:
                   + f"; packaging {cfg.run}")
         else:
             run = select_run(args.run)
-        spec = build_package(run, args.meta, args.out, args.params)
+        from pipeline.evaluate import EvaluateParams
+        from pipeline.evaluate import load_params as evaluate_params
+        from pipeline.params import read_params
+        # the ECE the temperature must lower uses evaluate.ece_bins when the params file has that section
+        bins = (evaluate_params(args.params) if args.params and "evaluate" in read_params(args.params)
+                else EvaluateParams()).ece_bins
+        spec = build_package(run, args.meta, args.out, args.params, args.calibration, bins)
     except (PackageError, FileNotFoundError, ValueError) as exc:
         print(f"ecg.package: error: {exc}", file=sys.stderr)
         return 2

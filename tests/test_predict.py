@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from pipeline.calibration import fit_temperature
+from pipeline.calibration import ece, fit_temperature, fit_temperature_no_worse
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,15 @@ def test_package_holds_what_predict_needs(package):
     assert (spec["fs"], spec["window_samples"], spec["r_peak_index"]) == (FS_MODEL, 2 * HALF + 1, HALF)
     assert spec["channels"] == CHANNELS and spec["classes"] == CLASSES and spec["score_classes"] == CLASSES[:4]
     y, probs = package["oof"]
-    assert spec["temperature"] == pytest.approx(fit_temperature(probs, y))
+    # the run's single-model oof.npz without --calibration; the NLL-optimal T only where it lowers their ECE
+    fitted = fit_temperature(probs, y)
+    assert spec["calibration"]["fitted"] == pytest.approx(fitted)
+    assert spec["temperature"] == pytest.approx(fitted if spec["calibration"]["kept"] else 1.0)
+    want = fit_temperature_no_worse(probs, y, 15)
+    assert spec["calibration"]["kept"] == want["kept"] and spec["calibration"]["ece_bins"] == 15
+    assert spec["calibration"]["ece_after"] == pytest.approx(want["ece_after"])
+    assert spec["calibration"]["ece_before"] == pytest.approx(ece(probs, y, 15))
+    assert "single fold models" in spec["temperature_fitted_on"]
     assert (package["dir"] / "model.keras").read_bytes() == (package["run"] / "model.keras").read_bytes()
     assert spec["provenance"]["run"] == "lenet1d-ce" and len(spec["provenance"]["model_sha256"]) == 64
 
