@@ -25,7 +25,8 @@ SQUEEZENET_H5 = ROOT.parent / "shared" / "weights" / "squeezenet_weights_tf_dim_
 TINY = {
     "grid": {"vision": {"datasets": ["breastmnist"], "models": ["alexnet", "vgg16", "squeezenet"],
                         "regimes": ["frozen", "finetune"], "losses": ["ce"]}},
-    "ecg_data": {"records": [101, 106, 108, 100, 103], "n_folds": 2},
+    "ecg_data": {"records": [101, 106, 108, 100, 103], "n_folds": 3},   # 3: the nested cross-validation's least
+    "ecg_replicate": {"seeds": [43]},
     "ecg_train": {"limit_beats": 3000,
                   "fit": {"epochs": 1, "batch_size": 256, "learning_rate": 0.001, "patience": 1, "min_delta": 0.001}},
     "evaluate": {"bootstrap": 50},
@@ -117,6 +118,12 @@ def test_smoke_dvc_repro(tmp_path):
         assert 0 <= m["macro_f1"] <= 1 and 0 <= m["ece"]["after"] <= 1 and m["temperature"] > 0
         assert m["ci95"]["macro_f1"]["lo"] <= m["macro_f1"] <= m["ci95"]["macro_f1"]["hi"]
         assert not [k for k, v in tracking_flatten(m).items() if v is not None and not isinstance(v, (int, float))], m
+    deployed_ds2 = json.loads((proj / "metrics" / "ecg" / "deployed.json").read_text())
+    spec = json.loads((proj / "models" / "ecg" / "package.json").read_text())
+    assert spec["temperature_fitted_on"].startswith("artifacts/ecg_replicate/oof_nested.npz")
+    assert deployed_ds2["temperature"] == spec["temperature"] and set(deployed_ds2["per_class"]) == {"N", "S", "V", "F"}
+    seeds = json.loads((proj / "metrics" / "ecg" / "seeds.json").read_text())
+    assert set(seeds["ds2"]["per_seed"]) == set(seeds["ds1_out_of_fold"]["per_seed"]) == {"42", "43"}
     robustness = json.loads((proj / "metrics" / "ecg" / "robustness.json").read_text())
     assert set(robustness) == {"clean", "ma"} and set(robustness["ma"]) == {"6"}
     assert 0 <= robustness["ma"]["6"]["macro_f1"] <= 1
