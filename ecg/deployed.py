@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     probs = package.predict(inputs.x["beat"], inputs.x["rr"], calibrated=False)
     temperature = float(package.spec["temperature"])
     inputs = dataclasses.replace(inputs, data={
-        "package": str(args.package), "run": run, "model_sha256": package.spec["provenance"]["model_sha256"],
+        "package": str(args.package), "deployed_from": run, "model_sha256": package.spec["provenance"]["model_sha256"],
         "temperature_fitted_on": fitted_on, "temperature_calibration": package.spec.get("calibration")})
 
     def log(metrics, figures):

@@ -95,12 +95,12 @@ def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
     from ecg import deployed, package, train
     from ecg.package import load_package
 
-    arrays = write_data(tmp_path / "data")
+    arrays = write_data(tmp_path / "data/ecg")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params()))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert train.main(["--model", "lenet1d", "--loss", "ce", "--params", "params.yaml", "--data", "data"]) == 0
-    assert replicate.main(["--params", "params.yaml", "--data", "data"]) == 0
+    assert train.main(["--model", "lenet1d", "--loss", "ce", "--params", "params.yaml", "--data", "data/ecg"]) == 0
+    assert replicate.main(["--params", "params.yaml", "--data", "data/ecg"]) == 0
 
     ds1 = arrays["split"] == 0
     with np.load("artifacts/ecg_replicate/oof_nested.npz") as npz:
@@ -122,7 +122,7 @@ def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
         replicate.summary(seed_oof["y"], seed_oof["probs"], {"classes": CLASSES, "score_classes": CLASSES[:4]})["macro_f1"])
 
     # the package's temperature comes from the nested predictions, kept only if it lowers their ECE
-    assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/meta.json",
+    assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/ecg/meta.json",
                          "--out", "models/ecg", "--calibration", "artifacts/ecg_replicate/oof_nested.npz"]) == 0
     spec = load_package("models/ecg").spec
     expect = cal.fit_temperature_no_worse(nested["probs"], nested["y"], 5)
@@ -130,18 +130,42 @@ def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
     assert spec["temperature_fitted_on"].startswith("artifacts/ecg_replicate/oof_nested.npz")
     assert spec["calibration"]["kept"] == expect["kept"]
 
-    assert deployed.main(["--params", "params.yaml", "--data", "data"]) == 0
+    assert deployed.main(["--params", "params.yaml", "--data", "data/ecg"]) == 0
     dm = json.loads((tmp_path / "metrics/ecg/deployed.json").read_text())
     assert dm["temperature"] == pytest.approx(spec["temperature"]) and set(dm["per_class"]) == set(CLASSES[:4])
     info = json.loads((tmp_path / "artifacts/ecg/deployed/eval.json").read_text())
-    assert info["data"]["run"] == "lenet1d-ce" and info["split"] == "DS2"
+    assert info["data"]["deployed_from"] == "lenet1d-ce" and info["split"] == "DS2"
     seeds = json.loads((tmp_path / "metrics/ecg/seeds.json").read_text())
     assert set(seeds["ds2"]["per_seed"]) == {"3", "7"} and seeds["ds2"]["spread"]["macro_f1"]["n"] == 2
     assert seeds["ds2"]["per_seed"]["3"]["macro_f1"] == pytest.approx(dm["macro_f1"])  # the packaged ensemble
 
+    # goal_ecg: the deployed model against a "before" that is the same model (nothing changed, CIs identical)
+    from ecg import goal
+    info_ds2 = json.loads((tmp_path / "artifacts/ecg/deployed/eval.json").read_text())
+    ref = {"commit": "abc1234", "metrics": dm, "class_ci95": info_ds2["class_ci95"],
+           "ds1_out_of_fold": {"runs": {"lenet1d-ce": {"val_macro_f1": 0.4, "f1": {"S": 0.1, "V": 0.2, "F": 0.0}}}}}
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    p = params()
+    p["goal_ecg"] = {"targets": {"macro_f1": 0.0, "S": 1.01, "ece_after": 1.0}, "reference": "ref.json",
+                     "literature": [{"source": "someone 2020", "S": 0.5}]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert goal.main(["--params", "params.yaml", "--metrics", "goal.json"]) == 0
+    g = json.loads((tmp_path / "goal.json").read_text())
+    mf1 = g["goal"]["macro-F1 (N, S, V, F)"]
+    assert mf1["met"] is True and mf1["deployed"]["value"] == pytest.approx(dm["macro_f1"])
+    assert g["goal"]["S F1"]["met"] is False and g["goal"]["S F1"]["lit: someone 2020"] == 0.5
+    assert g["goal"]["V F1"]["met"] is None and g["goal"]["ECE after TS"]["met"] is True
+    changed = g["what_changed"]["macro-F1 (N, S, V, F)"]
+    assert changed["difference"] == 0 and changed["cis_separate"] is False
+    assert set(g["seeds"]) == {"seed 3", "seed 7"} and g["seed_spread"]["DS2 macro-F1"]["n"] == 2
+    assert {"lenet1d-ce @ abc1234 (before issue 10)", "lenet1d-ce (now)", "lenet1d-ce seed 7",
+            "lenet1d-ce nested fold ensembles"} == set(g["experiments"])
+    assert g["experiments"]["lenet1d-ce (now)"]["chosen"] is True
+    assert "goal not met" in g["readings"]["goal"] and "Missed: S F1" in g["readings"]["goal"]
+
     # a package calibrated on another run's nested predictions is refused
     np.savez("artifacts/ecg_replicate/other.npz", **{**nested, "run": np.array("dilated1d-ce")})
-    assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/meta.json",
+    assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/ecg/meta.json",
                          "--out", "models/other", "--calibration", "artifacts/ecg_replicate/other.npz"]) == 2
     assert not (tmp_path / "models/other").exists()
 
@@ -163,3 +187,19 @@ def test_replicate_refuses_its_own_seed_and_other_settings(tmp_path, monkeypatch
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     assert replicate.main(["--params", "params.yaml", "--data", "data"]) == 2
     assert "other ecg_train settings" in capsys.readouterr().err
+
+
+def test_report_changes_and_deployed_copy(tmp_path):
+    from types import SimpleNamespace
+
+    from ecg.report import REPORT, changes
+    from pipeline.report import compare
+    assert changes(tmp_path) == []
+    (tmp_path / "metrics/analysis").mkdir(parents=True)
+    (tmp_path / "metrics/analysis/goal_ecg.json").write_text(json.dumps(
+        {"readings": {"goal": "g", "changed S F1": "s", "calibration": "c", "seeds": "x"}}))
+    assert changes(tmp_path) == ["g", "s"] and REPORT.changes is changes
+    run = SimpleNamespace(info={"data": {"deployed_from": "dilated1d-focal"}}, get=lambda k: 0.9, arm=REPORT)
+    other = SimpleNamespace(info={"data": {}}, get=lambda k: 0.5, arm=REPORT, name="dilated1d-focal")
+    assert compare.deployed_copy(run) and not compare.deployed_copy(other)
+    assert compare.chosen([run, other]) == {"dilated1d-focal"}   # the copy never takes the validation choice

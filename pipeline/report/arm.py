@@ -38,6 +38,8 @@ class ArmReport:
     group_table: bool = False     # a per-group table (samples, Se/+P per class) on each run page
     sections: tuple = ()          # pipeline.report.sections.Section: later stages' metrics files (index page)
     error_caption: str = ""       # what one error example shows
+    changes: Callable = lambda root: []   # root -> sentences for the comparison page: what changed since a
+                                          # frozen reference, and whether the intervals separate
 
     def run_names(self, root: Path) -> list[str]:
         """Runs the evaluate stage wrote: artifacts/<arm>/<run>/eval.json (other json files under

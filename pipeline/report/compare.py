@@ -26,6 +26,8 @@ def chosen(runs) -> set[str]:
     """Names of the runs with the best val_macro_f1 within each choice group of their arm."""
     best: dict[tuple, object] = {}
     for r in runs:
+        if deployed_copy(r):
+            continue
         v = r.get("val_macro_f1")
         key = tuple(r.get(k) for k in r.arm.choice)
         if v is not None and (key not in best or v > best[key].get("val_macro_f1")):
@@ -92,9 +94,16 @@ def _f1(run, cls):
     return run.metrics["per_class"].get(cls, {}).get("f1"), run.class_ci(cls, "f1")
 
 
+def deployed_copy(run) -> bool:
+    """A deployed model scored as its own run (eval.json data.deployed_from names the run it packages): it would
+    repeat that run's row in every block, so blocks leave it out (the index page and its own page show it)."""
+    return bool((run.info.get("data") or {}).get("deployed_from"))
+
+
 def blocks(arm, runs) -> list[dict]:
     """One table per block: {"title", "vary", "classes", "rows", "answers", "paired"}; `paired` holds the
     paired-bootstrap differences {"run_a", "run_b", "what", "value_a", "value_b", "diff", "ci"} (a - b) when both runs share a test set."""
+    runs = [r for r in runs if not deployed_copy(r)]
     if not runs:
         return []
     picked = chosen(runs)

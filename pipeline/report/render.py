@@ -98,9 +98,9 @@ def index_context(arms: dict, runs: dict, root: Path = Path(".")) -> dict:
         for name, rs in runs.items()]}
 
 
-def compare_context(arms: dict, runs: dict) -> dict:
-    return {"root": "", "arms": [{"arm": arms[name], "blocks": compare.blocks(arms[name], rs)}
-                                 for name, rs in runs.items()]}
+def compare_context(arms: dict, runs: dict, root: Path = Path(".")) -> dict:
+    return {"root": "", "arms": [{"arm": arms[name], "blocks": compare.blocks(arms[name], rs),
+                                  "changes": arms[name].changes(root)} for name, rs in runs.items()]}
 
 
 def write(env: Environment, template: str, path: Path, context: dict) -> Path:

@@ -37,7 +37,7 @@ def build(root: Path, out: Path, cfg: ReportParams) -> list[Path]:
     env = render.environment(arms.values())
     written = [render.write(env, "run.html", out / render.href(r), render.run_context(r, cfg.max_errors))
                for rs in runs.values() for r in rs]
-    written.append(render.write(env, "compare.html", out / "compare.html", render.compare_context(arms, runs)))
+    written.append(render.write(env, "compare.html", out / "compare.html", render.compare_context(arms, runs, root)))
     written.append(render.write(env, "index.html", out / "index.html", render.index_context(arms, runs, root)))
     return written
 
