@@ -65,11 +65,6 @@ def _copies(layer) -> int:
     return len(inp)
 
 
-def _inputs(layer) -> list:
-    inp = layer.input
-    return list(inp) if isinstance(inp, (list, tuple)) else [inp]
-
-
 def _wiring(model) -> list:
     """[(layer, its input tensors, called on a list?, its output tensor)] for `model`'s non-input layers in
     graph order, read from the call (node) of each layer inside `model`'s own graph; a nested model's
