@@ -1,7 +1,8 @@
 """Stage evaluate_deployed_ecg: score on DS2, once, the model `python -m ecg.predict` uses, and the seeds.
 
 * The deployed model: the package (models/ecg), its fold ensemble with the package's own temperature, which
-  package_ecg fitted on DS1 nested out-of-fold predictions of the fold ensemble (replicate_ecg), never on DS2.
+  package_ecg fitted on DS1 out-of-fold predictions of seed ensembles of fold models (the run's and
+  replicate_ecg's seeds', averaged; ecg.package.calibration_data), never on DS2.
   Written like every evaluated run (pipeline.evaluate): metrics/ecg/deployed.json, artifacts/ecg/deployed/,
   reports/plots/ecg/deployed/, so the report shows it with its record-bootstrap CIs.
 * The seed spread: the same configuration trained with replicate_ecg's other seeds, each fold ensemble scored
@@ -15,11 +16,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ecg import evaluate as ecg_evaluate
-from ecg.package import PackageError, load_package
-from ecg.replicate import NESTED_FILE, numbers, spread, summary
+from ecg.package import PackageError, calibration_data, load_package
+from ecg.replicate import numbers, spread, summary
 from pipeline import evaluate, tracking
 from pipeline.io import file_digest, read_json, write_json
 from pipeline.params import ParamsError
@@ -27,8 +27,8 @@ from pipeline.params import ParamsError
 NAME = "deployed"
 ADAPTER = evaluate.Adapter(
     arm="ecg", run_keys=("model", "loss"), data_dir="data/ecg", split="DS2",
-    selected_on="DS1 out-of-fold macro-F1 (run); temperature on DS1 nested out-of-fold predictions of the fold "
-                "ensemble (replicate_ecg)",
+    selected_on="DS1 out-of-fold macro-F1 (run); temperature on DS1 out-of-fold predictions of seed ensembles of "
+                "fold models (the run's and replicate_ecg's seeds')",
     load=ecg_evaluate.load, register=ecg_evaluate.register, errors_per_group=2)
 
 
@@ -61,10 +61,15 @@ def main(argv=None) -> int:
         print(f"ecg.deployed: error: {exc}", file=sys.stderr)
         return 2
     run = package.spec["provenance"]["run"]
-    run_dir, nested_path = Path(args.runs_root) / run, Path(args.replicate) / NESTED_FILE
+    run_dir = Path(args.runs_root) / run
     fitted_on = str(package.spec.get("temperature_fitted_on", ""))
-    if not fitted_on.startswith(str(nested_path)):
-        print(f"ecg.deployed: error: {args.package}: temperature fitted on {fitted_on!r}, not on {nested_path}; "
+    try:
+        y_val, probs_val, described = calibration_data(run_dir, args.replicate)
+    except PackageError as exc:
+        print(f"ecg.deployed: error: {exc}", file=sys.stderr)
+        return 2
+    if fitted_on != described:
+        print(f"ecg.deployed: error: {args.package}: temperature fitted on {fitted_on!r}, not on {described!r}; "
               "rerun package_ecg", file=sys.stderr)
         return 2
     trained = read_json(run_dir / "train.json")
@@ -73,8 +78,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     inputs = ecg_evaluate.load(Path(args.data), run_dir, trained)
-    with np.load(nested_path) as npz:
-        val = (npz["y"], npz["probs"])
+    val = (y_val, probs_val)
     probs = package.predict(inputs.x["beat"], inputs.x["rr"], calibrated=False)
     temperature = float(package.spec["temperature"])
     inputs = dataclasses.replace(inputs, data={

@@ -73,6 +73,10 @@ def _f3(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
 def _ci(ci) -> str:
     return f" [{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
 
@@ -134,28 +138,30 @@ def build(cfg: GoalParams, root: Path) -> dict:
                                       f"{_f3(row['difference'])}); {call}.")
 
     nested = replicate["nested"]["calibration"]
+    used = info["data"].get("temperature_calibration") or {}
     calibration = {
         "DS2, deployed (fold ensemble)": {"ece_before": ece_before, "ece_after": ece_after,
                                           "temperature": deployed["temperature"],
                                           "worse_after_scaling": bool(ece_after > ece_before)},
-        "DS1 nested out-of-fold (fold ensembles)": {
-            "ece_before": nested["ece_raw"], "ece_after": nested["ece_nested_temperature"],
-            "temperature": nested["nested_temperature"],
-            "ece_under_single_model_temperature": nested["ece_single_model_temperature"],
-            "single_model_temperature": nested["single_model_temperature"]},
-        "DS1 out-of-fold (single fold models)": {
+        "DS1 out-of-fold, seed ensembles of fold models (the temperature's data)": {
+            "ece_before": used.get("ece_before"), "ece_after": used.get("ece_after"),
+            "temperature": deployed["temperature"], "fitted": used.get("fitted"), "kept": used.get("kept")},
+        "DS1 out-of-fold, single fold models": {
             "ece_before": replicate["nested"]["single_model_calibration"]["ece_raw"],
             "temperature": replicate["nested"]["single_model_calibration"]["temperature"]},
+        "DS1 nested, fold ensembles on half of DS1 (diagnostic, not used)": {
+            "ece_before": nested["ece_raw"], "ece_after": nested["ece_nested_temperature"],
+            "temperature": nested["nested_temperature"],
+            "ece_under_single_model_temperature": nested["ece_single_model_temperature"]},
         "DS2, reference (before issue 10)": {"ece_before": ref["metrics"]["ece"]["before"],
                                              "ece_after": ref["metrics"]["ece"]["after"],
                                              "temperature": ref["metrics"]["temperature"]}}
     readings["calibration"] = (
-        f"Temperature {deployed['temperature']:.3f}, fitted on DS1 nested out-of-fold predictions of fold ensembles "
-        f"(kept only if it lowers their ECE): DS2 ECE {100 * ece_before:.2f}% -> {100 * ece_after:.2f}%"
-        f"{' (worse after scaling)' if ece_after > ece_before else ''}. On the nested DS1 predictions the single-model "
-        f"temperature {nested['single_model_temperature']:.3f} would give ECE "
-        f"{100 * nested['ece_single_model_temperature']:.2f}% against {100 * nested['ece_nested_temperature']:.2f}% "
-        f"with their own.")
+        f"Temperature {deployed['temperature']:.3f}, fitted on DS1 out-of-fold predictions of seed ensembles of fold "
+        f"models (kept only if it lowers their ECE: {_pct(used.get('ece_before'))} -> {_pct(used.get('ece_after'))} "
+        f"there): DS2 ECE {_pct(ece_before)} -> {_pct(ece_after)}"
+        f"{' (worse after scaling)' if ece_after > ece_before else ''}. The single fold models' own out-of-fold "
+        f"temperature is {replicate['nested']['single_model_calibration']['temperature']:.3f}.")
 
     ds1, ds2 = seeds["ds1_out_of_fold"], seeds["ds2"]
     per_seed = {}
@@ -178,7 +184,7 @@ def build(cfg: GoalParams, root: Path) -> dict:
     readings["experiments"] = (f"{len(experiments)} DS1 out-of-fold figures on record; the pipeline's runs are chosen "
                                f"among on DS1 alone (best comparable: {best}).")
     return {"setting": {"run": run, "chosen_on": "DS1 out-of-fold macro-F1 (train_ecg)",
-                        "temperature_on": "DS1 nested out-of-fold predictions of fold ensembles (replicate_ecg)",
+                        "temperature_on": "DS1 out-of-fold predictions of seed ensembles of fold models",
                         "ds2_records": info["n_groups"], "ds2_beats": info["n_test"],
                         "bootstrap": (info.get("evaluate") or {}).get("bootstrap")},
             "goal": goal, "what_changed": changed, "calibration": calibration, "seeds": per_seed,

@@ -94,19 +94,41 @@ def _data_facts(meta: dict, meta_path: Path, params_path: Path | str | None) -> 
 
 
 def calibration_data(run_dir: Path, calibration: Path | str | None) -> tuple:
-    """(y, probs, description) the temperature is fitted on: `calibration` (replicate_ecg's nested out-of-fold
-    predictions of the fold ensemble, the kind of model packaged) when given, else the run's single-model oof.npz."""
-    path = Path(calibration) if calibration else run_dir / "oof.npz"
-    if not path.exists():
-        raise PackageError(f"{path}: missing; run {'replicate_ecg' if calibration else 'train_ecg'} first")
-    with np.load(path) as npz:
-        if calibration and ("run" not in npz.files or str(npz["run"]) != run_dir.name):
-            raise PackageError(f"{path}: nested predictions of run {str(npz['run']) if 'run' in npz.files else '?'}, "
-                               f"not of {run_dir.name}; rerun replicate_ecg")
-        y, probs = npz["y"], npz["probs"]
-    kind = ("nested cross-validation: each DS1 fold predicted by the fold ensemble of the other folds"
-            if calibration else "single fold models")
-    return y, probs, f"{path} (DS1 out-of-fold, {kind}, {len(y)} beats)"
+    """(y, probs, description) the temperature is fitted on.
+
+    Without `calibration`: the run's own oof.npz (each DS1 beat predicted by the one fold model that did not see
+    it). With `calibration` = replicate_ecg's folder: the mean, beat by beat, of the run's oof.npz and every
+    seed<s>/oof.npz there (the same configuration with other seeds, the same folds): each DS1 beat predicted by
+    an ensemble of fold models trained exactly like the packaged ensemble's members, none of which saw it. An
+    average of fold models is less confident than one, so this is the kind of model packaged."""
+    own = run_dir / "oof.npz"
+    paths = [own]
+    if calibration:
+        folder = Path(calibration)
+        if not (folder / "replicate.json").exists():
+            raise PackageError(f"{folder / 'replicate.json'}: missing; run replicate_ecg first")
+        ran = read_json(folder / "replicate.json").get("run")
+        if ran != run_dir.name:
+            raise PackageError(f"{folder / 'replicate.json'}: seeds of run {ran!r}, not of {run_dir.name}; "
+                               "rerun replicate_ecg")
+        paths += sorted(folder.glob("seed*/oof.npz"), key=lambda q: int(q.parent.name[4:]))
+        if len(paths) == 1:
+            raise PackageError(f"{folder}: no seed*/oof.npz; rerun replicate_ecg")
+    for path in paths:
+        if not path.exists():
+            raise PackageError(f"{path}: missing; run {'train_ecg' if path == own else 'replicate_ecg'} first")
+    y = record = None
+    probs = []
+    for path in paths:
+        with np.load(path) as npz:
+            if y is None:
+                y, record = npz["y"], npz["record"] if "record" in npz.files else None
+            elif not (np.array_equal(npz["y"], y) and (record is None or np.array_equal(npz["record"], record))):
+                raise PackageError(f"{path}: not the same DS1 beats in the same order as {own}; rerun replicate_ecg")
+            probs.append(npz["probs"])
+    kind = (f"mean of {len(paths)} seeds' fold models, none of which saw the beat" if len(paths) > 1
+            else "single fold models")
+    return y, np.mean(probs, axis=0), f"{', '.join(map(str, paths))} (DS1 out-of-fold, {kind}, {len(y)} beats)"
 
 
 def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | str,
@@ -114,8 +136,8 @@ def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | st
                   ece_bins: int = 15) -> dict:
     """Package artifacts/ecg/<run>/{model.keras,train.json,oof.npz} with prepare's meta.json; returns package.json.
 
-    The temperature is fitted on `calibration` (nested out-of-fold predictions of the fold ensemble) when given,
-    else on the run's oof.npz; it is kept only when it lowers the ECE there (else 1: no scaling)."""
+    The temperature is fitted on DS1 out-of-fold predictions (calibration_data: with `calibration`, replicate_ecg's
+    folder, those of seed ensembles of fold models); it is kept only when it lowers their ECE (else 1)."""
     from pipeline.calibration import fit_temperature_no_worse
 
     run_dir, meta_path = Path(run_dir), Path(meta_path)
@@ -366,8 +388,9 @@ def main(argv=None) -> int:
     ap.add_argument("--meta", default="data/ecg/meta.json", help="prepare_ecg's meta.json")
     ap.add_argument("--out", required=True, help="package folder to write (replaced atomically)")
     ap.add_argument("--calibration", default=None,
-                    help="replicate_ecg's oof_nested.npz: fit the temperature on the fold ensemble's nested out-of-fold "
-                         "predictions (the kind of model packaged); default: the run's single-model oof.npz")
+                    help="replicate_ecg's folder: fit the temperature on the mean of the run's and every seed's "
+                         "out-of-fold predictions (ensembles of fold models, the kind of model packaged); default: "
+                         "the run's single-model oof.npz")
     ap.add_argument("--mlflow", action="store_true",
                     help="also log the package as an MLflow pyfunc model named 'package' in the training run")
     args = ap.parse_args(argv)

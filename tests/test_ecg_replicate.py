@@ -1,4 +1,4 @@
-"""replicate_ecg (seeds, nested cross-validation), the package's nested temperature and evaluate_deployed_ecg."""
+"""replicate_ecg (seeds, nested cross-validation), the package's seed-ensemble temperature and evaluate_deployed_ecg."""
 from __future__ import annotations
 
 import json
@@ -91,7 +91,7 @@ def params(extra_seed=7):
 
 @pytest.mark.slow
 def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
-    """train_ecg -> replicate_ecg -> package_ecg (nested temperature) -> evaluate_deployed_ecg on a tiny set."""
+    """train_ecg -> replicate_ecg -> package_ecg (seed-ensemble temperature) -> evaluate_deployed_ecg, goal_ecg."""
     from ecg import deployed, package, train
     from ecg.package import load_package
 
@@ -121,13 +121,17 @@ def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
     assert full["seeds"]["7"]["macro_f1"] == pytest.approx(
         replicate.summary(seed_oof["y"], seed_oof["probs"], {"classes": CLASSES, "score_classes": CLASSES[:4]})["macro_f1"])
 
-    # the package's temperature comes from the nested predictions, kept only if it lowers their ECE
+    # the package's temperature comes from the mean of the run's and the seeds' out-of-fold predictions (seed
+    # ensembles of fold models), kept only if it lowers their ECE
     assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/ecg/meta.json",
-                         "--out", "models/ecg", "--calibration", "artifacts/ecg_replicate/oof_nested.npz"]) == 0
+                         "--out", "models/ecg", "--calibration", "artifacts/ecg_replicate"]) == 0
     spec = load_package("models/ecg").spec
-    expect = cal.fit_temperature_no_worse(nested["probs"], nested["y"], 5)
+    own = np.load("artifacts/ecg/lenet1d-ce/oof.npz")
+    mean = (own["probs"] + seed_oof["probs"]) / 2
+    expect = cal.fit_temperature_no_worse(mean, own["y"], 5)
     assert spec["temperature"] == pytest.approx(expect["temperature"])
-    assert spec["temperature_fitted_on"].startswith("artifacts/ecg_replicate/oof_nested.npz")
+    assert spec["calibration"]["ece_before"] == pytest.approx(cal.ece(mean, own["y"], 5))
+    assert "seed7/oof.npz" in spec["temperature_fitted_on"] and "mean of 2 seeds" in spec["temperature_fitted_on"]
     assert spec["calibration"]["kept"] == expect["kept"]
 
     assert deployed.main(["--params", "params.yaml", "--data", "data/ecg"]) == 0
@@ -163,11 +167,17 @@ def test_replicate_package_deployed_end_to_end(tmp_path, monkeypatch):
     assert g["experiments"]["lenet1d-ce (now)"]["chosen"] is True
     assert "goal not met" in g["readings"]["goal"] and "Missed: S F1" in g["readings"]["goal"]
 
-    # a package calibrated on another run's nested predictions is refused
-    np.savez("artifacts/ecg_replicate/other.npz", **{**nested, "run": np.array("dilated1d-ce")})
-    assert package.main(["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/ecg/meta.json",
-                         "--out", "models/other", "--calibration", "artifacts/ecg_replicate/other.npz"]) == 2
-    assert not (tmp_path / "models/other").exists()
+    # seeds of another run, or of other beats, are refused
+    full_other = {**full, "run": "dilated1d-ce"}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/replicate.json").write_text(json.dumps(full_other))
+    argv = ["--params", "params.yaml", "--runs-root", "artifacts/ecg", "--meta", "data/ecg/meta.json",
+            "--out", "models/other", "--calibration", "other"]
+    assert package.main(argv) == 2 and not (tmp_path / "models/other").exists()
+    (tmp_path / "other/replicate.json").write_text(json.dumps(full))
+    (tmp_path / "other/seed9").mkdir()
+    np.savez("other/seed9/oof.npz", y=seed_oof["y"][::-1], probs=seed_oof["probs"], record=seed_oof["record"])
+    assert package.main(argv) == 2 and not (tmp_path / "models/other").exists()
 
 
 def test_replicate_refuses_its_own_seed_and_other_settings(tmp_path, monkeypatch, capsys):
