@@ -73,6 +73,14 @@ def _f3(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _value(v):
+    return v["value"] if isinstance(v, dict) else v
+
+
+def _interval(v):
+    return v.get("ci95") if isinstance(v, dict) else None
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -115,16 +123,16 @@ def build(cfg: GoalParams, root: Path) -> dict:
                                "cis_separate": separate(ci, before[key][1])}
     ece_after, ece_before = deployed["ece"]["after"], deployed["ece"]["before"]
     target = targets["ece_after"]
-    goal[words["ece_after"]] = {"goal_at_most": target, "deployed": valued(ece_after),
+    goal[words["ece_after"]] = {"goal_at_most": target, "deployed": ece_after,   # no interval for ECE
                                 "met": None if target is None else bool(ece_after <= target),
-                                "reference": valued(ref["metrics"]["ece"]["after"])}
-    changed[words["ece_after"]] = {"before": valued(ref["metrics"]["ece"]["after"]), "after": valued(ece_after),
+                                "reference": ref["metrics"]["ece"]["after"]}
+    changed[words["ece_after"]] = {"before": ref["metrics"]["ece"]["after"], "after": ece_after,
                                    "difference": ece_after - ref["metrics"]["ece"]["after"], "cis_separate": None}
 
     met = [k for k, v in goal.items() if v["met"]]
     missed = [k for k, v in goal.items() if v["met"] is False]
     readings["goal"] = (f"Deployed model ({run}, fold ensemble): goal {'met' if not missed else 'not met'} on DS2. "
-                        + ", ".join(f"{k} {_f3(goal[k]['deployed']['value'])}{_ci(goal[k]['deployed'].get('ci95'))} "
+                        + ", ".join(f"{k} {_f3(_value(goal[k]['deployed']))}{_ci(_interval(goal[k]['deployed']))} "
                                     f"(goal {_f3(goal[k].get('goal', goal[k].get('goal_at_most')))})" for k in goal)
                         + (f". Met: {', '.join(met)}." if met else ". None met.")
                         + (f" Missed: {', '.join(missed)}." if missed else ""))
@@ -133,8 +141,8 @@ def build(cfg: GoalParams, root: Path) -> dict:
         sep = row["cis_separate"]
         call = ("no interval for ECE, so no call" if sep is None else
                 "the 95% CIs do not overlap" if sep else "the 95% CIs overlap: DS2 cannot tell the two apart")
-        readings[f"changed {key}"] = (f"{key}: before issue 10 {_f3(b['value'])}{_ci(b.get('ci95'))}, now "
-                                      f"{_f3(a['value'])}{_ci(a.get('ci95'))} ({'+' if (row['difference'] or 0) >= 0 else ''}"
+        readings[f"changed {key}"] = (f"{key}: before issue 10 {_f3(_value(b))}{_ci(_interval(b))}, now "
+                                      f"{_f3(_value(a))}{_ci(_interval(a))} ({'+' if (row['difference'] or 0) >= 0 else ''}"
                                       f"{_f3(row['difference'])}); {call}.")
 
     nested = replicate["nested"]["calibration"]
@@ -179,10 +187,11 @@ def build(cfg: GoalParams, root: Path) -> dict:
                          f"record-bootstrap CI{_ci(now['macro_f1'][1])}.")
 
     experiments = experiment_table(cfg, root, ref, replicate, run)
-    best = max((k for k, v in experiments.items() if v.get("comparable")), key=lambda k: experiments[k]["ds1_macro_f1"],
-               default=None)
-    readings["experiments"] = (f"{len(experiments)} DS1 out-of-fold figures on record; the pipeline's runs are chosen "
-                               f"among on DS1 alone (best comparable: {best}).")
+    runs = {k: v for k, v in experiments.items() if "chosen" in v}   # the train_ecg runs the package is chosen from
+    best = max(runs, key=lambda k: runs[k]["ds1_macro_f1"], default=None)
+    readings["experiments"] = (f"{len(experiments)} DS1 out-of-fold figures on record. The package is chosen among "
+                               f"the {len(runs)} train_ecg runs on DS1 alone: {best} "
+                               f"({_f3(runs[best]['ds1_macro_f1']) if best else 'n/a'}).")
     return {"setting": {"run": run, "chosen_on": "DS1 out-of-fold macro-F1 (train_ecg)",
                         "temperature_on": "DS1 out-of-fold predictions of seed ensembles of fold models",
                         "ds2_records": info["n_groups"], "ds2_beats": info["n_test"],

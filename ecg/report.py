@@ -92,7 +92,8 @@ SECTIONS = (
             "DS2: macro-F1 over N, S, V, F and each class's F1 with 95% record-bootstrap CIs, against issue 10's "
             "targets, published inter-patient results and the model packaged before (what changed; 'CIs separate' "
             "when the two intervals do not overlap). Then calibration (ECE before and after temperature scaling, the "
-            "temperature fitted on DS1 nested out-of-fold predictions of fold ensembles), the spread over 3 seeds, "
+            "temperature fitted on DS1 out-of-fold predictions of 3-seed ensembles of fold models), the spread over "
+            "3 seeds, "
             "and every DS1 out-of-fold figure tried (the choice is made on DS1 only).",
             "the goal_ecg stage (python -m ecg.goal) has not been run.",
             kind="analysis", test_name="DS2", unit="beat", run_metrics="metrics/ecg",
