@@ -131,6 +131,17 @@ def calibration_data(run_dir: Path, calibration: Path | str | None) -> tuple:
     return y, np.mean(probs, axis=0), f"{', '.join(map(str, paths))} (DS1 out-of-fold, {kind}, {len(y)} beats)"
 
 
+def ece_bins(params_path) -> int:
+    """evaluate.ece_bins of the params file (the bins of the ECE the temperature must lower); 15 without one."""
+    from pipeline.params import ParamsError, read_params
+    if not params_path:
+        return 15
+    bins = (read_params(params_path).get("evaluate") or {}).get("ece_bins", 15)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ParamsError(f"{params_path}: evaluate.ece_bins must be an integer >= 1, got {bins!r}")
+    return bins
+
+
 def build_package(run_dir: Path | str, meta_path: Path | str, out_dir: Path | str,
                   params_path: Path | str | None = None, calibration: Path | str | None = None,
                   ece_bins: int = 15) -> dict:
@@ -409,12 +420,7 @@ def main(argv=None) -> int:
                   + f"; packaging {cfg.run}")
         else:
             run = select_run(args.run)
-        from pipeline.evaluate import EvaluateParams
-        from pipeline.evaluate import load_params as evaluate_params
-        from pipeline.params import read_params
-        # the ECE the temperature must lower uses evaluate.ece_bins when the params file has that section
-        bins = (evaluate_params(args.params) if args.params and "evaluate" in read_params(args.params)
-                else EvaluateParams()).ece_bins
+        bins = ece_bins(args.params)
         spec = build_package(run, args.meta, args.out, args.params, args.calibration, bins)
     except (PackageError, FileNotFoundError, ValueError) as exc:
         print(f"ecg.package: error: {exc}", file=sys.stderr)

@@ -5,15 +5,17 @@ Two things the single train_ecg run cannot tell:
 * Seeds. The same configuration with `ecg_replicate.seeds` (besides ecg_train.seed, train_ecg's own run): each
   seed is the full patient-wise cross-validation, so each gives its own DS1 out-of-fold macro-F1 and its own
   fold ensemble (saved, for evaluate_deployed_ecg to score on DS2 once).
-* Out-of-fold predictions of the deployed KIND of model. `python -m ecg.predict` uses the fold ensemble
-  (the mean of the fold models' probabilities), which is less confident than any one fold model, so a
-  temperature fitted on single-model out-of-fold predictions (oof.npz) does not fit it. Nested
-  cross-validation gives the ensemble's own: for each DS1 fold k, the same cross-validation runs on the other
-  folds (one model per remaining fold, each early-stopped on it), and the mean of those models predicts fold
-  k, which none of them saw. package_ecg fits the deployed temperature on these predictions.
+  The seeds' out-of-fold predictions, averaged beat by beat with the run's, are what package_ecg fits the deployed
+  temperature on (ecg.package.calibration_data): each DS1 beat predicted by an ensemble of fold models trained
+  exactly like the packaged ensemble's members, none of which saw it. `python -m ecg.predict` uses a fold ensemble,
+  less confident than any one fold model, so single-model out-of-fold predictions (oof.npz) do not fit it.
+* Nested cross-validation, a diagnostic: for each DS1 fold k, the same cross-validation runs on the other folds
+  (one model per remaining fold, each early-stopped on it), and the mean of those models predicts fold k. Its
+  members train on half of DS1 and stop on a single inner fold; on MIT-BIH 7 of 12 stopped at epoch 1, so these
+  ensembles are not the packaged kind and their predictions are reported, not used.
 
 DS2 is never read. Outputs: <out>/seed<s>/{model.keras,oof.npz}, <out>/oof_nested.npz (y, probs, record,
-run) and metrics/ecg/replicate.json (per-seed DS1 out-of-fold scores, their spread, the nested ensemble's
+run), <out>/replicate.json and metrics/ecg/replicate.json (per-seed DS1 out-of-fold scores, their spread, the nested ensemble's
 score and its calibration before / after each temperature).
 """
 from __future__ import annotations
@@ -118,11 +120,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="artifacts/ecg_replicate")
     ap.add_argument("--metrics", default="metrics/ecg/replicate.json")
     args = ap.parse_args(argv)
+    from ecg.package import ece_bins
     from ecg.package import load_params as package_params
-    from pipeline.evaluate import load_params as evaluate_params
     try:
         run = package_params(args.params).run
-        rep, cfg, n_bins = load_params(args.params), train_config.load(args.params), evaluate_params(args.params).ece_bins
+        rep, cfg, n_bins = load_params(args.params), train_config.load(args.params), ece_bins(args.params)
     except ParamsError as exc:
         print(f"ecg.replicate: error: {exc}", file=sys.stderr)
         return 2
