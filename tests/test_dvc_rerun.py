@@ -63,21 +63,22 @@ def test_bootstrap_reruns_only_evaluation(copy):
     stale = _stale(copy)
     assert {s.split("@")[0] for s in stale} == {"evaluate_ecg", "evaluate_vision", "evaluate_rerecorded_ecg",
                                                 "evaluate_robustness_ecg", "evaluate_external_ecg",
-                                                "compress_ecg", "analyse_ecg", "insight_ecg"}, stale
+                                                "evaluate_deployed_ecg", "compress_ecg", "analyse_ecg",
+                                                "insight_ecg"}, stale
     # (the last three score record-bootstrap CIs too; insight_ecg restores its fits from checkpoints)
     grid = yaml.safe_load((copy / "params.yaml").read_text())["grid"]
     n_ecg = len(grid["ecg"]["models"]) * len(grid["ecg"]["losses"])
     n_vision = len(grid["vision"]["datasets"]) * len(grid["vision"]["models"]) * len(grid["vision"]["regimes"]) \
         * len(grid["vision"]["losses"])
-    assert len(stale) == n_ecg + n_vision + 3 + 3, stale
+    assert len(stale) == n_ecg + n_vision + 4 + 3, stale
 
 
 def test_gamma_reruns_only_focal_runs(copy):
     _edit(copy, ["ecg_train", "loss", "focal", "gamma"], 1.0)
     stale = _stale(copy)
     assert stale, "changing gamma must make the focal runs stale"
-    # the focal runs, and insight_ecg, which retrains variants of the packaged run (dilated1d-focal) with its loss
-    assert {s for s in stale if "focal" not in s} == {"insight_ecg"}, stale
+    # the focal runs, and the stages that retrain the packaged run (dilated1d-focal) or variants of it with its loss
+    assert {s for s in stale if "focal" not in s} == {"insight_ecg", "replicate_ecg"}, stale
     assert {s.split("@")[0] for s in stale if "focal" in s} == {"train_ecg"}, stale
 
 
