@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ecg import evaluate as ecg_evaluate
 from ecg.package import PackageError, calibration_data, load_package
-from ecg.replicate import numbers, spread, summary
+from ecg.replicate import numbers, summary
+from ecg.replicate import spread as _spread
 from pipeline import evaluate, tracking
 from pipeline.io import file_digest, read_json, write_json
 from pipeline.params import ParamsError
@@ -30,6 +31,13 @@ ADAPTER = evaluate.Adapter(
     selected_on="DS1 out-of-fold macro-F1 (run); temperature on DS1 out-of-fold predictions of seed ensembles of "
                 "fold models (the run's and replicate_ecg's seeds')",
     load=ecg_evaluate.load, register=ecg_evaluate.register, errors_per_group=2)
+
+
+def spread(values) -> dict:
+    """replicate.spread of the defined values; {"n": 0} when a class's F1 is undefined for every seed (no such
+    beats in DS2, e.g. on a few records)."""
+    defined = [v for v in values if v is not None]
+    return _spread(defined) if defined else {"n": 0}
 
 
 def seed_scores(replicate_dir: Path, package, x: dict, y, meta: dict, own_seed: int) -> dict:
